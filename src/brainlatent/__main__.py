@@ -1,0 +1,5 @@
+import sys
+
+from brainlatent.cli import main
+
+sys.exit(main())

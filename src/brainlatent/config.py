@@ -55,8 +55,13 @@ def _key_path(error) -> str:
     return ".".join(parts) if parts else "<top level>"
 
 
-def validate(config: dict, source: str = "config") -> dict:
+def validate(config: dict, source: str = "config", partial: bool = False) -> dict:
     """Fill defaults and validate ``config``; returns the completed config.
+
+    With ``partial=True`` only the top-level sections present are completed and checked (the
+    workflow passes each rule the sections it uses, taken from an already validated config); a
+    stage that reads a section it was not given fails loudly with a ``KeyError`` instead of
+    silently using a default.
 
     Raises:
         BrainlatentError: listing every problem with its key path, e.g.
@@ -67,6 +72,8 @@ def validate(config: dict, source: str = "config") -> dict:
     if not isinstance(config, dict):
         raise BrainlatentError(f"{source}: expected a mapping of config keys at the top level, got {type(config).__name__}")
     full = _fill_defaults(schema(), config)
+    if partial:
+        full = {key: value for key, value in full.items() if key in config}
     validator = jsonschema.Draft202012Validator(schema())
     problems = []
     for err in sorted(validator.iter_errors(full), key=lambda e: list(map(str, e.absolute_path))):
@@ -74,7 +81,7 @@ def validate(config: dict, source: str = "config") -> dict:
         if err.validator == "additionalProperties":
             msg = msg.replace("Additional properties are not allowed", "unknown key")
         problems.append(f"{source}: {_key_path(err)}: {msg}")
-    if not problems:
+    if not problems and not partial:
         problems.extend(_semantic_problems(full, source))
     raise_if_problems(f"invalid study configuration {source}", problems)
     return full
@@ -126,6 +133,9 @@ def _semantic_problems(cfg: dict, source: str) -> list[str]:
 def load_config(source: str | Path | dict) -> dict:
     """Load a study config from a YAML path, an inline JSON string or a dict, then validate it.
 
+    An inline JSON string (what the workflow's rules pass) is a *partial* config holding the
+    sections one stage needs, see :func:`validate`; a YAML file is a whole study config.
+
     Relative input paths in the config (``inputs.table``, ``inputs.bids_dir``) are kept as given:
     they are relative to the directory the workflow runs in.
     """
@@ -137,7 +147,7 @@ def load_config(source: str | Path | dict) -> dict:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise BrainlatentError(f"inline config: not valid JSON ({exc.msg})") from None
-        return validate(data, "inline config")
+        return validate(data, "inline config", partial=True)
     path = Path(text)
     if not path.exists():
         raise BrainlatentError(f"{path}: config file not found")

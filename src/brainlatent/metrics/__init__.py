@@ -1,0 +1,1 @@
+"""Evaluation metrics: perceptual features and distances, PPL, linear separability, image quality."""

@@ -1,0 +1,309 @@
+"""Perceptual path length (PPL), the NVlabs StyleGAN sampled estimator.
+
+Four variants: ``z_full``, ``w_full``, ``z_end``, ``w_end`` (a generator without a mapping network
+has only the Z variants). Per pair of latents ``z1, z2 ~ N(0, I)`` and one ``t`` (``U(0, 1)`` for
+*full*, ``0`` for *end*):
+
+* **Z**: slerp between the normalised endpoints at ``t`` and ``t + eps``, then map. When the
+  generator does not normalise z itself (``normalizes_z`` is False, the mapping-free GAN), the
+  unit-norm slerp point is rescaled to the norm of the lerp'd vector at the same ``t``.
+* **W**: map both endpoints (no truncation), lerp at ``t`` and ``t + eps``.
+
+Both images of a pair see identical noise. Nothing is cropped. The per-pair value is
+``distance(img_t, img_{t+eps}) / eps**2``; values outside ``[P1 (method "lower"), P99 (method
+"higher")]`` are dropped and the mean, std and count of the rest are reported. See ``docs/metrics.md``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+from brainlatent.errors import BrainlatentError
+
+log = logging.getLogger(__name__)
+
+DistanceFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+SPACES = ("z", "w")
+SAMPLINGS = ("full", "end")
+
+
+def progress(iterable, total: int, desc: str):
+    """A tqdm bar on a terminal; plain log lines (about ten per loop) in batch jobs."""
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+
+        yield from tqdm(iterable, total=total, desc=desc, leave=False)
+        return
+    every = max(1, total // 10)
+    for i, item in enumerate(iterable):
+        if i % every == 0 or i == total - 1:
+            log.info("%s: %d/%d", desc, i + 1, total)
+        yield item
+
+
+def variants_for(generator) -> list[str]:
+    """PPL variant names a generator supports: all four with a mapping network, else the Z pair."""
+    spaces = SPACES if generator.has_mapping else ("z",)
+    return [f"{s}_{m}" for m in SAMPLINGS for s in spaces]
+
+
+def lerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Linear interpolation ``a + (b - a) * t``.
+
+    Args:
+        a, b: ``N x ...`` endpoints (e.g. ``N x w_dim`` or ``N x L x w_dim``).
+        t: ``N`` interpolation positions (broadcast over the trailing axes).
+
+    Example:
+        >>> lerp(torch.zeros(2, 3), torch.ones(2, 3), torch.tensor([0.0, 0.5]))[:, 0].tolist()
+        [0.0, 0.5]
+    """
+    t = t.reshape(-1, *([1] * (a.ndim - 1))).to(a.dtype)
+    return a + (b - a) * t
+
+
+def _normalise(v: torch.Tensor) -> torch.Tensor:
+    return v / v.norm(dim=-1, keepdim=True)
+
+
+def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Spherical interpolation between the *normalised* endpoints (NVlabs' definition).
+
+    The result has unit norm: ``normalise(a cos(t*theta) + c sin(t*theta))`` with
+    ``theta = acos(a . b)`` and ``c`` the unit component of ``b`` orthogonal to ``a``.
+
+    Args:
+        a, b: ``N x d`` endpoints (any norm; they are normalised first).
+        t: ``N`` interpolation positions.
+
+    Example:
+        >>> s = slerp(torch.tensor([[2.0, 0.0]]), torch.tensor([[0.0, 3.0]]), torch.tensor([0.5]))
+        >>> [round(v, 4) for v in s[0].tolist()]
+        [0.7071, 0.7071]
+    """
+    a = _normalise(a)
+    b = _normalise(b)
+    t = t.reshape(-1, 1).to(a.dtype)
+    d = (a * b).sum(dim=-1, keepdim=True)
+    p = t * torch.acos(d.clamp(-1.0, 1.0))
+    c = _normalise(b - d * a)
+    return _normalise(a * torch.cos(p) + c * torch.sin(p))
+
+
+def z_path_point(z0: torch.Tensor, z1: torch.Tensor, t: torch.Tensor, rescale: bool) -> torch.Tensor:
+    """The Z-space PPL path point: slerp, optionally rescaled to the norm of the lerp'd vector.
+
+    Args:
+        z0, z1: ``N x z_dim`` endpoints.
+        t: ``N`` positions.
+        rescale: multiply the unit-norm slerp output by ``|lerp(z0, z1, t)|``; used for a synthesis
+            network that takes raw z (no mapping network normalising it).
+    """
+    s = slerp(z0, z1, t)
+    if rescale:
+        s = s * lerp(z0, z1, t).norm(dim=-1, keepdim=True)
+    return s
+
+
+def pair_noise(generator, n_pairs: int, rng: torch.Generator) -> list[torch.Tensor]:
+    """One noise draw per pair, repeated for both images: tensors of shape ``2n x 1 x H x W``.
+
+    Rows ``2i`` and ``2i + 1`` are identical, matching the interleaved pair layout used here.
+    """
+    out = []
+    for shape in generator.noise_shapes():
+        tail = tuple(shape[1:])
+        noise = torch.randn((n_pairs, *tail), generator=rng)
+        out.append(noise.repeat_interleave(2, dim=0))
+    return out
+
+
+def sample_noise(generator, n: int, rng: torch.Generator) -> list[torch.Tensor]:
+    """Independent noise per image: tensors of shape ``n x 1 x H x W`` drawn from ``rng``."""
+    return [torch.randn((n, *tuple(shape[1:])), generator=rng) for shape in generator.noise_shapes()]
+
+
+def percentile_filter(values: np.ndarray, lower: float = 1.0, upper: float = 99.0) -> tuple[np.ndarray, float, float]:
+    """The NVlabs outlier filter: keep ``lo <= v <= hi``.
+
+    ``lo = np.percentile(v, lower, method="lower")`` and ``hi = np.percentile(v, upper,
+    method="higher")`` (SG1/ADA wrote ``interpolation=``, which numpy 2 rejects).
+
+    Returns:
+        ``(mask, lo, hi)`` with ``mask`` a boolean array like ``values``.
+
+    Example:
+        >>> mask, lo, hi = percentile_filter(np.arange(200.0))
+        >>> int(mask.sum()), lo, hi
+        (198, 1.0, 198.0)
+    """
+    values = np.asarray(values, dtype=np.float64)
+    if values.size == 0:
+        raise BrainlatentError("percentile_filter: no values to filter")
+    lo = float(np.percentile(values, lower, method="lower"))
+    hi = float(np.percentile(values, upper, method="higher"))
+    return (values >= lo) & (values <= hi), lo, hi
+
+
+def _check_variant(generator, space: str, sampling: str) -> None:
+    if space not in SPACES:
+        raise BrainlatentError(f"PPL: space must be one of {SPACES}, got '{space}'")
+    if sampling not in SAMPLINGS:
+        raise BrainlatentError(f"PPL: sampling must be one of {SAMPLINGS}, got '{sampling}'")
+    if space == "w" and not generator.has_mapping:
+        raise BrainlatentError(
+            f"PPL: W space needs a mapping network; arch '{getattr(generator, 'arch', '?')}' has none (use space 'z')"
+        )
+
+
+@torch.no_grad()
+def ppl_distances(
+    generator,
+    distance_fn: DistanceFn,
+    space: str,
+    sampling: str,
+    num_samples: int,
+    epsilon: float = 1e-4,
+    batch_size: int = 64,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+) -> np.ndarray:
+    """The ``num_samples`` raw per-pair values ``distance / eps**2`` (before the percentile filter).
+
+    Every random number (latents, ``t``, noise) comes from one CPU ``torch.Generator`` seeded with
+    ``seed``, so the draws do not depend on the device.
+
+    Args:
+        generator: exposes ``z_dim``, ``has_mapping``, ``normalizes_z``, ``mapping(z)``,
+            ``noise_shapes()`` and ``synthesis(w, noise)`` (see ``brainlatent.models.stylegan``).
+        distance_fn: ``(img_a, img_b) -> N`` distance between two image batches ``N x 1 x R x R``.
+        space: ``"z"`` or ``"w"``.
+        sampling: ``"full"`` (t ~ U(0, 1)) or ``"end"`` (t = 0).
+        num_samples: number of pairs.
+        epsilon: step between the two images of a pair.
+        batch_size: pairs per batch (2 x batch_size images go through the generator at once).
+        seed: seed of the random draws.
+        device: where the generator and distance run.
+
+    Returns:
+        float64 array of shape ``(num_samples,)``.
+    """
+    _check_variant(generator, space, sampling)
+    if num_samples < 1 or batch_size < 1:
+        raise BrainlatentError(f"PPL: num_samples and batch_size must be >= 1, got {num_samples}, {batch_size}")
+    rng = torch.Generator(device="cpu").manual_seed(int(seed))
+    rescale = space == "z" and not generator.normalizes_z
+    dists: list[np.ndarray] = []
+    n_batches = math.ceil(num_samples / batch_size)
+    for b in progress(range(n_batches), n_batches, f"ppl {space}_{sampling}"):
+        n = min(batch_size, num_samples - b * batch_size)
+        z = torch.randn((2 * n, generator.z_dim), generator=rng, dtype=torch.float64)
+        t = torch.rand((n,), generator=rng, dtype=torch.float64) * (1.0 if sampling == "full" else 0.0)
+        noise = [x.to(device) for x in pair_noise(generator, n, rng)]
+        z0, z1 = z[0::2], z[1::2]
+        if space == "z":
+            za = z_path_point(z0, z1, t, rescale)
+            zb = z_path_point(z0, z1, t + epsilon, rescale)
+            latent = torch.stack([za, zb], dim=1).reshape(2 * n, -1).to(torch.float32).to(device)
+            w = generator.mapping(latent)
+        else:
+            w01 = generator.mapping(torch.stack([z0, z1], dim=1).reshape(2 * n, -1).to(torch.float32).to(device))
+            w0, w1 = w01[0::2].double(), w01[1::2].double()
+            t_dev = t.to(device)
+            wa, wb = lerp(w0, w1, t_dev), lerp(w0, w1, t_dev + epsilon)
+            w = torch.stack([wa, wb], dim=1).reshape(2 * n, *w0.shape[1:]).to(w01.dtype)
+        images = generator.synthesis(w, noise=noise)
+        d = distance_fn(images[0::2], images[1::2])
+        dists.append(d.detach().double().cpu().numpy().reshape(-1) / epsilon**2)
+    return np.concatenate(dists)[:num_samples]
+
+
+def summarise(distances: np.ndarray) -> dict:
+    """Mean, std (ddof=1), kept count and bounds after the 1 %/99 % filter."""
+    mask, lo, hi = percentile_filter(distances)
+    kept = np.asarray(distances, dtype=np.float64)[mask]
+    return {
+        "mean": float(kept.mean()),
+        "std": float(kept.std(ddof=1)) if kept.size > 1 else 0.0,
+        "n_kept": int(kept.size),
+        "n_total": int(np.asarray(distances).size),
+        "lo": lo,
+        "hi": hi,
+    }
+
+
+def perceptual_path_length(
+    generator,
+    distance_fn: DistanceFn,
+    space: str,
+    sampling: str,
+    num_samples: int,
+    epsilon: float = 1e-4,
+    batch_size: int = 64,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+) -> dict:
+    """One PPL variant: NVlabs' sampled estimator, without the face crop.
+
+    Args: as :func:`ppl_distances`.
+
+    Returns:
+        ``{"variant", "space", "sampling", "mean", "std", "n_kept", "n_total", "lo", "hi",
+        "epsilon", "num_samples", "batch_size", "seed", "interpolation", "z_rescaled", "notes"}``.
+
+    Example:
+        >>> r = perceptual_path_length(G, feats.distance, "w", "end", 2000)  # doctest: +SKIP
+        >>> r["mean"], r["n_kept"]  # doctest: +SKIP
+    """
+    distances = ppl_distances(generator, distance_fn, space, sampling, num_samples, epsilon, batch_size, seed, device)
+    rescale = space == "z" and not generator.normalizes_z
+    notes = []
+    if rescale:
+        notes.append(
+            "generator takes raw z (no normalising mapping network): the unit-norm slerp point is "
+            "rescaled to the norm of the lerp'd vector at the same t"
+        )
+    n_bad = int(np.count_nonzero(~np.isfinite(distances)))
+    if n_bad:
+        raise BrainlatentError(f"PPL {space}_{sampling}: {n_bad} of {distances.size} distances are not finite")
+    out = {"variant": f"{space}_{sampling}", "space": space, "sampling": sampling}
+    out.update(summarise(distances))
+    out.update(
+        {
+            "epsilon": float(epsilon),
+            "num_samples": int(num_samples),
+            "batch_size": int(batch_size),
+            "seed": int(seed),
+            "interpolation": "slerp" if space == "z" else "lerp",
+            "z_rescaled": bool(rescale),
+            "notes": notes,
+        }
+    )
+    return out
+
+
+def all_variants(
+    generator,
+    distance_fn: DistanceFn,
+    num_samples: int,
+    epsilon: float = 1e-4,
+    batch_size: int = 64,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    variants: Sequence[str] | None = None,
+) -> dict[str, dict]:
+    """Every PPL variant the generator supports (the same ``seed`` for each: common random numbers)."""
+    out = {}
+    for name in variants or variants_for(generator):
+        space, sampling = name.split("_")
+        out[name] = perceptual_path_length(
+            generator, distance_fn, space, sampling, num_samples, epsilon, batch_size, seed, device
+        )
+    return out

@@ -1,0 +1,1 @@
+"""Training loops: the attribute classifier and the GANs (checkpoints, resume, logs)."""

@@ -1,0 +1,26 @@
+# Attribute classifier (GPU rule): VGG-16 with one head per attribute.
+
+
+rule train_classifier:
+    input:
+        images=f"{SLICES}/images.npy",
+        manifest=f"{SLICES}/manifest.parquet",
+    output:
+        model=f"{S}/classifier/model.pt",
+        last=f"{S}/classifier/last.pt",
+        metrics=f"{S}/classifier/metrics.json",
+        curves=report(f"{S}/classifier/curves.png", caption="../report/classifier_curves.rst", category="Classifier"),
+    params:
+        config=stage_config("classifier", "slices"),
+        slices=input_folder("manifest"),
+        out=output_folder("model"),
+    log:
+        f"{LOGS}/train_classifier.log",
+    benchmark:
+        f"{BENCH}/train_classifier.tsv"
+    resources:
+        **GPU,
+    conda:
+        ENV
+    shell:
+        "brainlatent train-classifier --config {params.config} --slices {params.slices} --out {params.out} 2> {log}"

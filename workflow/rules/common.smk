@@ -1,0 +1,114 @@
+# Helpers shared by all rule files (the validated config, output paths, per-stage config JSON).
+import json
+import shlex
+from pathlib import Path
+
+import pandas as pd
+from snakemake.utils import validate
+
+from brainlatent.config import validate as complete_config
+
+validate(config, schema="../schemas/config.schema.yaml")
+# defaults filled in one place (the schema) + the checks JSON schema cannot express
+CFG = complete_config(dict(config), "config")
+
+S = str(Path(CFG["results_dir"]) / CFG["study"])
+LOGS = f"{S}/logs"
+BENCH = f"{S}/benchmarks"
+RES = CFG["slices"]["resolution"]
+SLICES = f"{S}/slices/{RES}"
+MODELS = [f"{arch}-z{z}" for arch in CFG["gan"]["archs"] for z in CFG["gan"]["latent_sizes"]]
+METRICS = ["ppl", "path_profile", "separability", "quality"]
+GPU = {"gpu": 1, "runtime": CFG["resources"]["gpu_runtime_min"], "mem_mb": CFG["resources"]["gpu_mem_mb"]}
+CPU = {"runtime": CFG["resources"]["cpu_runtime_min"], "mem_mb": CFG["resources"]["cpu_mem_mb"]}
+ENV = "../../envs/brainlatent.yaml"
+
+
+def stage_config(*sections):
+    """The config sections one stage reads, as a shell-quoted JSON argument.
+
+    Passing only these sections means a change elsewhere in the config does not rerun the rule
+    (Snakemake reruns a job when its params change).
+    """
+    sub = {key: CFG[key] for key in ("study", "seed", "results_dir", "attributes", *sections)}
+    return shlex.quote(json.dumps(sub, sort_keys=True, separators=(",", ":")))
+
+
+def input_folder(name, up=1):
+    """A param that is the folder of input file ``name`` (``up`` levels)."""
+    return lambda wildcards, input: str(Path(input[name]).parents[up - 1])
+
+
+def output_folder(name, up=1):
+    """A param that is the folder of output file ``name`` (``up`` levels)."""
+    return lambda wildcards, output: str(Path(output[name]).parents[up - 1])
+
+
+def input_table(wildcards):
+    """What validate_inputs reads: the synthetic cohort, the user's table or BIDS participants."""
+    source = CFG["inputs"]["source"]
+    if source == "synthetic":
+        return f"{S}/cohort/scans.tsv"
+    if source == "table":
+        return CFG["inputs"]["table"]
+    return str(Path(CFG["inputs"]["bids_dir"]) / "participants.tsv")
+
+
+def scans_table():
+    """The validated scans table (available once the validate_inputs checkpoint has run)."""
+    path = checkpoints.validate_inputs.get().output.scans
+    return pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+
+
+def scan_ids(wildcards=None):
+    return scans_table()["scan"].tolist()
+
+
+def scan_field(field):
+    def get(wildcards):
+        table = scans_table().set_index("scan")
+        return table.loc[wildcards.scan, field]
+
+    return get
+
+
+def mask_input(wildcards):
+    """The scan's mask from the table, when preprocessing uses table masks."""
+    if CFG["preprocess"]["mask"]["source"] != "table":
+        return []
+    return scan_field("mask")(wildcards)
+
+
+def mask_arg(wildcards, input):
+    return f"--mask {shlex.quote(input.mask)}" if input.get("mask") else ""
+
+
+def preprocessed(kind):
+    def get(wildcards):
+        return expand(f"{S}/preprocessed/{kind}/{{scan}}.nii.gz", scan=scan_ids())
+
+    return get
+
+
+def qc_pictures(wildcards):
+    return expand(f"{S}/qc/{{scan}}.png", scan=scan_ids())
+
+
+def model_outputs():
+    return expand(f"{S}/gan/{{model}}/network.pt", model=MODELS)
+
+
+def eval_outputs():
+    return expand(f"{S}/eval/{{model}}/{{metric}}.json", model=MODELS, metric=METRICS)
+
+
+def all_targets():
+    return [
+        f"{S}/inputs/inputs.ok",
+        f"{SLICES}/manifest.parquet",
+        f"{S}/classifier/metrics.json",
+        *model_outputs(),
+        *eval_outputs(),
+        f"{S}/metrics.csv",
+        f"{S}/report/index.html",
+    ]

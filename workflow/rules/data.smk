@@ -1,0 +1,94 @@
+# Data stage: synthetic cohort (optional) -> validated scans table -> preprocessed scans -> slices.
+
+
+rule synthesize_cohort:
+    output:
+        scans=f"{S}/cohort/scans.tsv",
+        participants=f"{S}/cohort/participants.tsv",
+        truth=f"{S}/cohort/truth.tsv",
+    params:
+        config=stage_config("synthetic", "inputs"),
+        out=output_folder("scans"),
+    log:
+        f"{LOGS}/synthesize_cohort.log",
+    benchmark:
+        f"{BENCH}/synthesize_cohort.tsv"
+    threads: CFG["synthetic"]["workers"]
+    resources:
+        **CPU,
+    conda:
+        ENV
+    shell:
+        "brainlatent synthesize --config {params.config} --out {params.out} 2> {log}"
+
+
+checkpoint validate_inputs:
+    input:
+        table=input_table,
+    output:
+        scans=f"{S}/inputs/scans.tsv",
+        ok=f"{S}/inputs/inputs.ok",
+    params:
+        config=stage_config("inputs", "preprocess"),
+        table=lambda w, input: "" if CFG["inputs"]["source"] == "bids" else f"--table {shlex.quote(input.table)}",
+    log:
+        f"{LOGS}/validate_inputs.log",
+    benchmark:
+        f"{BENCH}/validate_inputs.tsv"
+    resources:
+        **CPU,
+    conda:
+        ENV
+    shell:
+        "brainlatent validate-inputs --config {params.config} {params.table} --out {output.scans} --ok {output.ok} 2> {log}"
+
+
+rule preprocess:
+    input:
+        image=scan_field("image"),
+        mask=mask_input,
+    output:
+        image=f"{S}/preprocessed/images/{{scan}}.nii.gz",
+        mask=f"{S}/preprocessed/masks/{{scan}}.nii.gz",
+        summary=f"{S}/preprocessed/summaries/{{scan}}.json",
+        qc=f"{S}/qc/{{scan}}.png",
+    params:
+        config=stage_config("preprocess"),
+        mask=mask_arg,
+    log:
+        f"{LOGS}/preprocess/{{scan}}.log",
+    benchmark:
+        f"{BENCH}/preprocess/{{scan}}.tsv"
+    resources:
+        **CPU,
+    conda:
+        ENV
+    shell:
+        "brainlatent preprocess --config {params.config} --image {input.image} {params.mask}"
+        " --out-image {output.image} --out-mask {output.mask} --qc {output.qc} --summary {output.summary} 2> {log}"
+
+
+rule slice_dataset:
+    input:
+        scans=f"{S}/inputs/scans.tsv",
+        images=preprocessed("images"),
+        masks=preprocessed("masks"),
+        qc=qc_pictures,
+    output:
+        images=f"{SLICES}/images.npy",
+        manifest=f"{SLICES}/manifest.parquet",
+    params:
+        config=stage_config("slices", "preprocess"),
+        preprocessed=lambda w, input: str(Path(input.scans).parents[1] / "preprocessed"),
+        out=output_folder("manifest"),
+    log:
+        f"{LOGS}/slice_dataset.log",
+    benchmark:
+        f"{BENCH}/slice_dataset.tsv"
+    resources:
+        **CPU,
+    conda:
+        ENV
+    shell:
+        "brainlatent slice --config {params.config} --scans {input.scans} --preprocessed {params.preprocessed}"
+        " --out {params.out} 2> {log}"

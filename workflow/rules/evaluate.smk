@@ -1,0 +1,89 @@
+# Evaluation (GPU rules): one rule per metric family and model, then one metrics.csv per study.
+
+
+rule evaluate_ppl:
+    input:
+        network=f"{S}/gan/{{arch}}-z{{zdim}}/network.pt",
+        classifier=f"{S}/classifier/model.pt",
+        manifest=f"{SLICES}/manifest.parquet",
+    output:
+        json=f"{S}/eval/{{arch}}-z{{zdim}}/ppl.json",
+    params:
+        config=stage_config("evaluate", "gan"),
+        slices=input_folder("manifest"),
+        metric="ppl",
+        extra="",
+    log:
+        f"{LOGS}/evaluate/ppl/{{arch}}-z{{zdim}}.log",
+    benchmark:
+        f"{BENCH}/evaluate/ppl/{{arch}}-z{{zdim}}.tsv"
+    resources:
+        **GPU,
+    conda:
+        ENV
+    shell:
+        "brainlatent evaluate --metric {params.metric} --config {params.config} --network {input.network}"
+        " --classifier {input.classifier} --slices {params.slices} --out {output.json} {params.extra} 2> {log}"
+
+
+use rule evaluate_ppl as evaluate_separability with:
+    output:
+        json=f"{S}/eval/{{arch}}-z{{zdim}}/separability.json",
+    params:
+        config=stage_config("evaluate", "gan"),
+        slices=input_folder("manifest"),
+        metric="separability",
+        extra="",
+    log:
+        f"{LOGS}/evaluate/separability/{{arch}}-z{{zdim}}.log",
+    benchmark:
+        f"{BENCH}/evaluate/separability/{{arch}}-z{{zdim}}.tsv"
+
+
+use rule evaluate_ppl as evaluate_quality with:
+    output:
+        json=f"{S}/eval/{{arch}}-z{{zdim}}/quality.json",
+    params:
+        config=stage_config("evaluate", "gan"),
+        slices=input_folder("manifest"),
+        metric="quality",
+        extra="",
+    log:
+        f"{LOGS}/evaluate/quality/{{arch}}-z{{zdim}}.log",
+    benchmark:
+        f"{BENCH}/evaluate/quality/{{arch}}-z{{zdim}}.tsv"
+
+
+use rule evaluate_ppl as evaluate_path_profile with:
+    output:
+        json=f"{S}/eval/{{arch}}-z{{zdim}}/path_profile.json",
+        plot=report(f"{S}/eval/{{arch}}-z{{zdim}}/path_profile.png", caption="../report/path_profile.rst", category="Path profiles"),
+        gifs=directory(f"{S}/eval/{{arch}}-z{{zdim}}/interpolations"),
+    params:
+        config=stage_config("evaluate", "gan"),
+        slices=input_folder("manifest"),
+        metric="path_profile",
+        extra=lambda w, output: f"--plot {output.plot} --gif-dir {output.gifs}",
+    log:
+        f"{LOGS}/evaluate/path_profile/{{arch}}-z{{zdim}}.log",
+    benchmark:
+        f"{BENCH}/evaluate/path_profile/{{arch}}-z{{zdim}}.tsv"
+
+
+rule aggregate:
+    input:
+        eval_outputs(),
+    output:
+        report(f"{S}/metrics.csv", caption="../report/metrics.rst", category="Metrics"),
+    params:
+        config=stage_config("evaluate", "gan"),
+    log:
+        f"{LOGS}/aggregate.log",
+    benchmark:
+        f"{BENCH}/aggregate.tsv"
+    resources:
+        **CPU,
+    conda:
+        ENV
+    shell:
+        "brainlatent aggregate --config {params.config} --inputs {input} --out {output} 2> {log}"

@@ -1,0 +1,25 @@
+# Generators (GPU rule): StyleGAN and the mapping-free GAN, one job per (arch, latent size).
+
+
+rule train_gan:
+    input:
+        images=f"{SLICES}/images.npy",
+        manifest=f"{SLICES}/manifest.parquet",
+    output:
+        network=f"{S}/gan/{{arch}}-z{{zdim}}/network.pt",
+        log=f"{S}/gan/{{arch}}-z{{zdim}}/log.csv",
+    params:
+        config=stage_config("gan", "slices"),
+        slices=input_folder("manifest"),
+        out=output_folder("network"),
+    log:
+        f"{LOGS}/train_gan/{{arch}}-z{{zdim}}.log",
+    benchmark:
+        f"{BENCH}/train_gan/{{arch}}-z{{zdim}}.tsv"
+    resources:
+        **GPU,
+    conda:
+        ENV
+    shell:
+        "brainlatent train-gan --config {params.config} --slices {params.slices} --arch {wildcards.arch}"
+        " --zdim {wildcards.zdim} --out {params.out} 2> {log}"

@@ -1,0 +1,218 @@
+"""The scans table and image headers are checked before any heavy work; every bad input gives
+exit code 2, a message naming the file/line/column and the expectation, and no output."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from brainlatent.cli import main
+from brainlatent.config import load_config
+from brainlatent.errors import BrainlatentError
+from brainlatent.inputs import validate_inputs
+from brainlatent.io import load_nifti
+
+from conftest import write_head
+
+HEADER = "subject,session,image_flair,age,edss,ms_type,sex\n"
+
+
+@pytest.fixture
+def study(tmp_path):
+    """A valid two-scan table and a config reading it."""
+    write_head(tmp_path / "img" / "a.nii.gz", seed=1)
+    write_head(tmp_path / "img" / "b.nii.gz", seed=2)
+    table = tmp_path / "scans.csv"
+    table.write_text(HEADER + "s01,ses-1,img/a.nii.gz,34,2.5,RRMS,F\ns02,,img/b.nii.gz,51,6,SPMS,M\n")
+    cfg = load_config({"inputs": {"source": "table", "table": str(table)}, "results_dir": str(tmp_path / "results")})
+    return tmp_path, table, cfg
+
+
+def run_cli(cfg: dict, table: Path, out: Path, capsys) -> tuple[int, str]:
+    import json
+
+    code = main(["validate-inputs", "--config", json.dumps(cfg), "--table", str(table), "--out", str(out)])
+    return code, capsys.readouterr().err
+
+
+def test_valid_table_is_normalised(study):
+    tmp_path, table, cfg = study
+    out = tmp_path / "out" / "scans.tsv"
+    df = validate_inputs(cfg, out)
+    assert out.exists()
+    assert df["scan"].tolist() == ["s01_ses-1", "s02"]
+    assert Path(df["image"][0]).is_absolute() and Path(df["image"][0]).exists()
+    assert df["age"].tolist() == [34.0, 51.0]
+
+
+def _rewrite(table: Path, rows: str) -> None:
+    table.write_text(HEADER + rows)
+
+
+BAD_ROWS = {
+    "duplicate": ("s01,ses-1,img/a.nii.gz,34,2,RRMS,F\ns01,ses-1,img/b.nii.gz,35,2,RRMS,F\n", "duplicate subject/session s01/ses-1"),
+    "unsafe_id": ("../evil,,img/a.nii.gz,34,2,RRMS,F\n", "column 'subject': '../evil' is not a safe ID"),
+    "missing_path": ("s01,,img/nope.nii.gz,34,2,RRMS,F\n", "image file not found"),
+    "unknown_value": ("s01,,img/a.nii.gz,34,2,RRMS,X\n", "column 'sex': unknown value 'X'; expected one of ['F', 'M']"),
+    "age_range": ("s01,,img/a.nii.gz,134,2,RRMS,F\n", "age 134 is outside inputs.age_range [0, 120]"),
+    "not_number": ("s01,,img/a.nii.gz,old,2,RRMS,F\n", "column 'age': 'old' is not a number"),
+    "edss_range": ("s01,,img/a.nii.gz,30,12,RRMS,F\n", "column 'edss': 12 is outside the configured bins [0, 10]"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_ROWS))
+def test_bad_rows_exit_2_with_location(study, capsys, case):
+    tmp_path, table, cfg = study
+    rows, expected = BAD_ROWS[case]
+    _rewrite(table, rows)
+    out = tmp_path / "out" / "scans.tsv"
+    code, err = run_cli(cfg, table, out, capsys)
+    assert code == 2
+    assert expected in err
+    assert f"{table}: line " in err
+    assert "Traceback" not in err
+    assert not out.exists() and not list(out.parent.glob("*")) if out.parent.exists() else True
+
+
+def test_missing_required_attribute_value(study, capsys):
+    tmp_path, table, cfg = study
+    cfg["attributes"][3]["required"] = True
+    _rewrite(table, "s01,,img/a.nii.gz,34,2,RRMS,\n")
+    code, err = run_cli(cfg, table, tmp_path / "o.tsv", capsys)
+    assert code == 2 and "line 2: column 'sex': missing value; this attribute is required" in err
+
+
+def test_missing_optional_value_is_kept_as_missing(study):
+    tmp_path, table, cfg = study
+    _rewrite(table, "s01,,img/a.nii.gz,34,,RRMS,F\n")
+    df = validate_inputs(cfg, tmp_path / "o.tsv")
+    assert df["edss"].isna().all()
+
+
+def test_every_problem_is_reported_at_once(study, capsys):
+    tmp_path, table, cfg = study
+    _rewrite(table, "s01,,img/a.nii.gz,200,2,RRMS,F\ns01,,img/zzz.nii.gz,30,2,XX,F\n")
+    code, err = run_cli(cfg, table, tmp_path / "o.tsv", capsys)
+    assert code == 2
+    assert "(4 problems)" in err
+    for fragment in ("age 200", "duplicate", "image file not found", "unknown value 'XX'"):
+        assert fragment in err
+
+
+def test_missing_column(study, capsys):
+    tmp_path, table, cfg = study
+    table.write_text("subject,image_flair,age\ns01,img/a.nii.gz,3\n")
+    code, err = run_cli(cfg, table, tmp_path / "o.tsv", capsys)
+    assert code == 2 and "missing column(s) ['edss', 'ms_type', 'sex']" in err
+
+
+def test_wrong_encoding(study, capsys):
+    tmp_path, table, cfg = study
+    table.write_bytes((HEADER + "s01,,img/a.nii.gz,34,2,RRMS,F\n").replace("s01", "sé1").encode("latin-1"))
+    code, err = run_cli(cfg, table, tmp_path / "o.tsv", capsys)
+    assert code == 2 and "not UTF-8 text" in err and str(table) in err
+
+
+def test_wrong_delimiter(study, capsys):
+    tmp_path, table, cfg = study
+    table.write_text(HEADER.replace(",", "\t") + "s01\t\timg/a.nii.gz\t34\t2\tRRMS\tF\n")
+    code, err = run_cli(cfg, table, tmp_path / "o.tsv", capsys)
+    assert code == 2 and "header is tab-separated but a .csv file must be comma-separated" in err
+
+
+def _write_image(path: Path, data: np.ndarray, affine=None) -> Path:
+    """Write a NIfTI file; a bad ``affine`` is patched into the header bytes as the sform (with the
+    qform disabled), since nibabel itself refuses to write one."""
+    raw_path = path.with_suffix("")  # .nii
+    nib.save(nib.Nifti1Image(data, np.eye(4)), str(raw_path))
+    raw = bytearray(raw_path.read_bytes())
+    if affine is not None:
+        raw[252:254] = np.int16(0).tobytes()  # qform_code
+        raw[254:256] = np.int16(1).tobytes()  # sform_code
+        raw[280:328] = np.asarray(affine[:3], dtype="<f4").tobytes()  # srow_x, srow_y, srow_z
+    path.write_bytes(gzip.compress(bytes(raw)))
+    raw_path.unlink()
+    return path
+
+
+@pytest.mark.parametrize(
+    "kind, expected",
+    [
+        ("2d", "expected a 3D volume"),
+        ("4d", "expected a 3D volume"),
+        ("singular", "affine is singular"),
+        ("nonfinite", "affine has non-finite values"),
+        ("garbage", "not a readable NIfTI file"),
+    ],
+)
+def test_bad_image_headers(study, capsys, kind, expected):
+    tmp_path, table, cfg = study
+    bad = tmp_path / "img" / "bad.nii.gz"
+    vol = np.ones((8, 8, 8), np.float32)
+    if kind == "2d":
+        _write_image(bad, np.ones((8, 8), np.float32))
+    elif kind == "4d":
+        _write_image(bad, np.ones((8, 8, 8, 3), np.float32))
+    elif kind == "singular":
+        aff = np.eye(4)
+        aff[2, 2] = 0
+        _write_image(bad, vol, aff)
+    elif kind == "nonfinite":
+        aff = np.eye(4)
+        aff[0, 3] = np.nan
+        _write_image(bad, vol, aff)
+    else:
+        bad.write_bytes(b"this is not a nifti file at all" * 20)
+    _rewrite(table, "s01,,img/bad.nii.gz,34,2,RRMS,F\n")
+    code, err = run_cli(cfg, table, tmp_path / "o.tsv", capsys)
+    assert code == 2 and expected in err and "bad.nii.gz" in err and "column 'image_flair'" in err
+
+
+@pytest.mark.parametrize(
+    "kind, expected",
+    [("nan", "voxels are NaN or infinite"), ("inf", "voxels are NaN or infinite"), ("zero", "all voxels are zero"), ("truncated", "file truncated or corrupt")],
+)
+def test_bad_voxels_found_when_loading(tmp_path, kind, expected):
+    path = tmp_path / "v.nii.gz"
+    vol = np.ones((8, 8, 8), np.float32)
+    if kind == "nan":
+        vol[1, 1, 1] = np.nan
+    elif kind == "inf":
+        vol[1, 1, 1] = np.inf
+    elif kind == "zero":
+        vol[:] = 0
+    _write_image(path, vol)
+    if kind == "truncated":
+        write_head(path, seed=3)
+        raw = path.read_bytes()
+        path.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(BrainlatentError, match=expected) as info:
+        load_nifti(path)
+    assert str(path) in str(info.value)
+
+
+def test_bids_folder(tmp_path):
+    root = tmp_path / "bids"
+    (root).mkdir()
+    (root / "participants.tsv").write_text("participant_id\tage\tedss\tms_type\tsex\nsub-01\t30\t1\tRRMS\tF\nsub-02\t60\t7\tSPMS\tM\n")
+    write_head(root / "sub-01" / "ses-a" / "anat" / "sub-01_ses-a_FLAIR.nii.gz")
+    write_head(root / "sub-01" / "ses-b" / "anat" / "sub-01_ses-b_FLAIR.nii.gz")
+    write_head(root / "sub-02" / "anat" / "sub-02_FLAIR.nii.gz")
+    (root / "sub-01" / "sub-01_sessions.tsv").write_text("session_id\tage\nses-a\t30\nses-b\t32\n")
+    cfg = load_config({"inputs": {"source": "bids", "bids_dir": str(root)}})
+    df = validate_inputs(cfg, tmp_path / "scans.tsv")
+    assert df["scan"].tolist() == ["01_a", "01_b", "02"]
+    assert df["age"].tolist() == [30.0, 32.0, 60.0]
+
+
+def test_config_errors_name_the_key(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("gan: {latent_sizes: [x]}\nbogus: 1\n")
+    with pytest.raises(BrainlatentError) as info:
+        load_config(cfg)
+    text = str(info.value)
+    assert "gan.latent_sizes.0: 'x' is not of type 'integer'" in text and "unknown key ('bogus' was unexpected)" in text

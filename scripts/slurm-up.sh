@@ -114,6 +114,7 @@ if alive "$STATE/run/munged.pid"; then
 elif pgrep -x munged >/dev/null; then
     say "munged already running (not started by this script; it will be left alone)"
 else
+    rm -f /run/munge/munged.pid
     runuser -u munge -- munged
     for _ in $(seq 50); do [[ -s /run/munge/munged.pid ]] && break; sleep 0.1; done
     [[ -s /run/munge/munged.pid ]] || die 1 "munged did not start (see /var/log/munge/munged.log)"

@@ -36,7 +36,7 @@ def save_gif(frames: np.ndarray, path: str | Path, fps: float = 15.0, bounce: bo
 
     seq = list(frames) + (list(frames[-2:0:-1]) if bounce and len(frames) > 2 else [])
     with atomic_path(path) as tmp:
-        imageio.mimsave(tmp, seq, format="GIF", duration=1.0 / fps, loop=0)
+        imageio.mimsave(tmp, seq, format="GIF", duration=1000.0 / fps, loop=0)  # milliseconds per frame
 
 
 def save_strip(frames: np.ndarray, path: str | Path, n: int = 10, gap: int = 2) -> None:

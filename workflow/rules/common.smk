@@ -1,6 +1,9 @@
 # Helpers shared by all rule files (the validated config, output paths, per-stage config JSON).
 import json
+import os
 import shlex
+import shutil
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -11,6 +14,11 @@ from brainlatent.config import validate as complete_config
 validate(config, schema="../schemas/config.schema.yaml")
 # defaults filled in one place (the schema) + the checks JSON schema cannot express
 CFG = complete_config(dict(config), "config")
+
+# the rules call the `brainlatent` CLI: when it is not on PATH (snakemake started as
+# .venv/bin/snakemake without activating the venv), use the one beside this interpreter
+if shutil.which("brainlatent") is None and (Path(sys.executable).parent / "brainlatent").exists():
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 
 S = str(Path(CFG["results_dir"]) / CFG["study"])
 LOGS = f"{S}/logs"

@@ -9,7 +9,7 @@ rule evaluate_ppl:
     output:
         json=f"{S}/eval/{{arch}}-z{{zdim}}/ppl.json",
     params:
-        config=stage_config("evaluate", "gan"),
+        config=stage_config("evaluate", "gan", "classifier"),
         slices=input_folder("manifest"),
         metric="ppl",
         extra="",
@@ -30,7 +30,7 @@ use rule evaluate_ppl as evaluate_separability with:
     output:
         json=f"{S}/eval/{{arch}}-z{{zdim}}/separability.json",
     params:
-        config=stage_config("evaluate", "gan"),
+        config=stage_config("evaluate", "gan", "classifier"),
         slices=input_folder("manifest"),
         metric="separability",
         extra="",
@@ -44,7 +44,7 @@ use rule evaluate_ppl as evaluate_quality with:
     output:
         json=f"{S}/eval/{{arch}}-z{{zdim}}/quality.json",
     params:
-        config=stage_config("evaluate", "gan"),
+        config=stage_config("evaluate", "gan", "classifier"),
         slices=input_folder("manifest"),
         metric="quality",
         extra="",
@@ -60,7 +60,7 @@ use rule evaluate_ppl as evaluate_path_profile with:
         plot=report(f"{S}/eval/{{arch}}-z{{zdim}}/path_profile.png", caption="../report/path_profile.rst", category="Path profiles"),
         gifs=directory(f"{S}/eval/{{arch}}-z{{zdim}}/interpolations"),
     params:
-        config=stage_config("evaluate", "gan"),
+        config=stage_config("evaluate", "gan", "classifier"),
         slices=input_folder("manifest"),
         metric="path_profile",
         extra=lambda w, output: f"--plot {output.plot} --gif-dir {output.gifs}",
@@ -76,7 +76,7 @@ rule aggregate:
     output:
         report(f"{S}/metrics.csv", caption="../report/metrics.rst", category="Metrics"),
     params:
-        config=stage_config("evaluate", "gan"),
+        config=stage_config("evaluate", "gan", "classifier"),
     log:
         f"{LOGS}/aggregate.log",
     benchmark:

@@ -1,0 +1,161 @@
+"""Speed and memory of ``brainlatent preprocess``, one process per scan (start-up included).
+
+Usage::
+
+    python benchmarks/bench_preprocess.py [NIFTI ...] [--n 4] [--config config/config.yaml] [--threads 1]
+
+Without files it generates ``--n`` synthetic FLAIR-like heads (nilearn's 2 mm MNI152 grey/white
+matter maps plus CSF, skull and scalp shells, a smooth multiplicative bias and Rician-like noise)
+at voxel sizes like the demo cohort's sites (2 mm iso, 1 mm iso, 1 x 1 x 3 mm, 0.9 x 0.9 x 4 mm
+oblique), and prints one row per scan: input shape/spacing, wall seconds, peak RSS (MB), brain
+volume (ml).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+SITES = [
+    ("iso2", (2.0, 2.0, 2.0), 0.0),
+    ("iso1", (1.0, 1.0, 1.0), 0.0),
+    ("thick3", (1.0, 1.0, 3.0), 0.0),
+    ("thick4-oblique", (0.9, 0.9, 4.0), 8.0),
+]
+
+
+def synthetic_head(spacing: tuple[float, float, float], tilt_deg: float = 0.0, seed: int = 0):
+    """A FLAIR-like head (nibabel image) built from the 2 mm MNI152 tissue maps.
+
+    Args:
+        spacing: voxel size of the written image (mm).
+        tilt_deg: rotation about the left-right axis (an oblique acquisition).
+        seed: noise and bias seed.
+    """
+    import nibabel as nib
+    from nilearn import datasets
+    from scipy import ndimage
+
+    from brainlatent.preprocess import resample_to_grid
+
+    rng = np.random.default_rng(seed)
+    gm_img = datasets.load_mni152_gm_template(resolution=2)
+    gm = gm_img.get_fdata().astype(np.float32)
+    wm = datasets.load_mni152_wm_template(resolution=2).get_fdata().astype(np.float32)
+    sp = np.array(gm_img.header.get_zooms()[:3], dtype=float)
+    pad = 12  # room for skull and scalp
+    gm, wm = (np.pad(a, pad) for a in (gm, wm))
+    affine = gm_img.affine.copy()
+    affine[:3, 3] -= affine[:3, :3] @ np.full(3, pad)
+    tissue = gm + wm
+    brain = ndimage.binary_fill_holes(tissue > 0.3)
+    outside = ndimage.distance_transform_edt(~brain, sampling=sp)
+    envelope = ndimage.binary_closing(brain, iterations=4)
+    depth_out = ndimage.distance_transform_edt(~envelope, sampling=sp)
+    image = 0.15 * np.ones_like(gm)  # CSF (dark on FLAIR)
+    image = np.where(tissue > 0.05, 0.15 * (1 - tissue) + 0.95 * gm + 0.75 * wm, image)
+    image[(outside > 0) & (depth_out > 2)] = 0.05  # skull
+    image[(depth_out > 8) & (depth_out <= 13)] = 0.9  # scalp
+    image[depth_out > 13] = 0.0  # air
+    grid = np.indices(image.shape, dtype=np.float32) / np.array(image.shape, dtype=np.float32)[:, None, None, None]
+    bias = np.exp(0.25 * np.sin(2.5 * grid[0] + rng.uniform(0, 3)) + 0.2 * (grid[2] - 0.5))
+    image = image * bias
+    # the acquisition: a (tilted) grid of the requested voxel size
+    c = np.cos(np.deg2rad(tilt_deg))
+    s = np.sin(np.deg2rad(tilt_deg))
+    rot = np.array([[1, 0, 0], [0, c, -s], [0, s, c]])
+    ext = (np.array(image.shape) - 1) * sp
+    centre = affine[:3, :3] @ ((np.array(image.shape) - 1) / 2.0) + affine[:3, 3]
+    out_shape = tuple(int(v) for v in np.ceil(ext / np.asarray(spacing)).astype(int) + 1)
+    out_aff = np.eye(4)
+    out_aff[:3, :3] = rot @ np.diag(spacing)
+    out_aff[:3, 3] = centre - out_aff[:3, :3] @ ((np.array(out_shape) - 1) / 2.0)
+    out = resample_to_grid(image, affine, out_aff, out_shape, order=1)
+    noise = 0.03 * float(out.max())
+    out = np.sqrt((out + rng.normal(0, noise, out.shape)) ** 2 + rng.normal(0, noise, out.shape) ** 2)
+    scaled = np.clip(out / out.max() * 3000, 0, 65535).astype(np.uint16)
+    img = nib.Nifti1Image(scaled, out_aff)
+    img.set_qform(out_aff, code=1)
+    img.set_sform(out_aff, code=1)
+    return img
+
+
+def run_one(image: Path, out_dir: Path, config: str, threads: int) -> dict:
+    """Run ``brainlatent preprocess`` in a child process; wall seconds and its peak RSS."""
+    name = image.name.replace(".nii.gz", "").replace(".nii", "")
+    summary = out_dir / f"{name}.json"
+    cmd = [
+        sys.executable, "-m", "brainlatent", "preprocess", "--config", config, "--image", str(image),
+        "--out-image", str(out_dir / f"{name}.nii.gz"), "--out-mask", str(out_dir / f"{name}_mask.nii.gz"),
+        "--qc", str(out_dir / f"{name}.png"), "--summary", str(summary), "--threads", str(threads),
+    ]  # fmt: skip
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    err = proc.stderr.read().decode() if proc.stderr else ""
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        return {"scan": name, "error": err.strip().splitlines()[-1] if err.strip() else f"exit {proc.returncode}"}
+    info = json.loads(summary.read_text())
+    return {
+        "scan": name,
+        "shape": "x".join(map(str, info["input"]["shape"])),
+        "spacing": "x".join(f"{v:g}" for v in info["input"]["spacing_mm"]),
+        "orient": info["input"]["orientation"] + ("*" if info["input"]["oblique"] else ""),
+        "wall_s": wall,
+        "cpu_s": usage.ru_utime + usage.ru_stime,
+        "rss_mb": usage.ru_maxrss / 1024.0,
+        "brain_ml": info["brain_volume_ml"],
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("images", nargs="*", help="NIfTI files (default: generated synthetic heads)")
+    parser.add_argument("--n", type=int, default=4, help="synthetic heads to generate when no files are given")
+    parser.add_argument("--config", default="config/config.yaml", help="study config (its preprocess section is used)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--keep", default=None, help="keep outputs in this folder")
+    args = parser.parse_args(argv)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_dir = Path(tmp)
+        out_dir = Path(args.keep) if args.keep else tmp_dir / "out"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        images = [Path(p) for p in args.images]
+        if not images:
+            import nibabel as nib
+
+            for i in range(args.n):
+                site, spacing, tilt = SITES[i % len(SITES)]
+                path = tmp_dir / f"synth{i:02d}_{site}.nii.gz"
+                nib.save(synthetic_head(spacing, tilt, seed=i), str(path))
+                images.append(path)
+        rows = [run_one(p, out_dir, args.config, args.threads) for p in images]
+
+    header = f"{'scan':<30} {'input shape':>13} {'spacing mm':>14} {'orient':>6} {'wall s':>7} {'cpu s':>6} {'RSS MB':>7} {'brain ml':>8}"
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        if "error" in r:
+            print(f"{r['scan']:<30} ERROR {r['error']}")
+            continue
+        print(
+            f"{r['scan']:<30} {r['shape']:>13} {r['spacing']:>14} {r['orient']:>6} {r['wall_s']:7.2f} {r['cpu_s']:6.2f} {r['rss_mb']:7.0f} {r['brain_ml']:8.0f}"
+        )
+    ok = [r for r in rows if "error" not in r]
+    if ok:
+        print(f"mean wall {np.mean([r['wall_s'] for r in ok]):.2f} s, max RSS {max(r['rss_mb'] for r in ok):.0f} MB over {len(ok)} scans")
+
+
+if __name__ == "__main__":
+    main()

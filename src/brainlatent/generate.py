@@ -1,0 +1,167 @@
+"""``brainlatent generate``: images from a trained network for given seeds, in Z or W.
+
+Each seed fixes both the latent (``z ~ N(0, I)``) and the per-layer noise maps, drawn in that order
+from ``torch.Generator().manual_seed(seed)``, so an image is a function of (network, seed, space,
+truncation) alone and does not depend on which other seeds are in the same call.
+
+Truncation (``--truncation PSI``) happens in the chosen space: ``--space w`` moves w toward the
+running mean ``w_avg`` (``w_avg + psi (w - w_avg)``); ``--space z`` moves z toward the prior mean 0
+(``psi z``). Only the mapping-free ``gan`` has a meaningful Z truncation (the StyleGAN mapping
+network normalises z, so scaling z changes nothing) and only StyleGAN has a W distinct from Z.
+
+Example:
+    brainlatent generate --network results/demo/gan/stylegan-z32/network.pt --seeds 0-15 \\
+        --space w --truncation 0.7 --out grid.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from brainlatent.errors import BrainlatentError
+from brainlatent.models.stylegan import Generator, load_generator
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"0-3,7"`` → ``[0, 1, 2, 3, 7]`` (ranges inclusive, order kept).
+
+    Raises:
+        BrainlatentError: on anything that is not a comma list of non-negative ints or ranges.
+    """
+    seeds: list[int] = []
+    for part in str(text).split(","):
+        part = part.strip()
+        try:
+            if "-" in part:
+                lo, hi = (int(x) for x in part.split("-", 1))
+                if hi < lo or lo < 0:
+                    raise ValueError
+                seeds.extend(range(lo, hi + 1))
+            else:
+                value = int(part)
+                if value < 0:
+                    raise ValueError
+                seeds.append(value)
+        except ValueError:
+            raise BrainlatentError(
+                f"--seeds: cannot read {part!r} in {text!r}; expected non-negative integers or ranges like 0-15,20"
+            ) from None
+    return seeds
+
+
+def seed_inputs(G: Generator, seeds: list[int], device: str | torch.device = "cpu") -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Per-seed latents ``N × z_dim`` and noise maps (one ``N × 1 × H × W`` tensor per noise layer)."""
+    zs, noises = [], []
+    for seed in seeds:
+        gen = torch.Generator().manual_seed(int(seed))
+        zs.append(torch.randn(1, G.z_dim, generator=gen))
+        noises.append([torch.randn(shape, generator=gen) for shape in G.noise_shapes()])
+    z = torch.cat(zs).to(device)
+    noise = [torch.cat([n[i] for n in noises]).to(device) for i in range(len(G.noise_shapes()))]
+    return z, noise
+
+
+@torch.no_grad()
+def generate_images(
+    G: Generator,
+    seeds: list[int],
+    space: str = "z",
+    truncation_psi: float = 1.0,
+    batch_size: int = 64,
+) -> torch.Tensor:
+    """Images for ``seeds``: ``N × C × R × R`` float on the CPU (about [-1, 1]).
+
+    Args:
+        G: generator (its device is used).
+        seeds: one image per seed.
+        space: ``"z"`` or ``"w"``: where truncation is applied.
+        truncation_psi: 1 = no truncation.
+        batch_size: images per forward pass.
+    """
+    if space not in ("z", "w"):
+        raise BrainlatentError(f"--space: expected 'z' or 'w', got {space!r}")
+    if space == "w" and not G.has_mapping:
+        raise BrainlatentError(f"--space w: the '{G.arch}' network has no mapping network, so W is Z; use --space z")
+    if space == "z" and G.normalizes_z and truncation_psi != 1:
+        raise BrainlatentError(
+            f"--truncation {truncation_psi:g} with --space z has no effect on a '{G.arch}' network "
+            "(its mapping network normalises z); use --space w"
+        )
+    device = next(G.parameters()).device
+    out = []
+    for start in range(0, len(seeds), batch_size):
+        z, noise = seed_inputs(G, seeds[start:start + batch_size], device)
+        if space == "z":
+            w = G.mapping(z * truncation_psi if truncation_psi != 1 else z)
+        else:
+            w = G.mapping(z, truncation_psi=truncation_psi)
+        out.append(G.synthesis(w, noise=noise).float().cpu())
+    return torch.cat(out)
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """``N × 1 × H × W`` in [-1, 1] → ``N × H × W`` uint8 (values outside are clipped)."""
+    x = images.detach().float().cpu()
+    if x.ndim != 4 or x.shape[1] != 1:
+        raise ValueError(f"expected N x 1 x H x W images, got {tuple(x.shape)}")
+    return ((x[:, 0] + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+def image_grid(images: torch.Tensor, ncols: int | None = None, pad: int = 0) -> np.ndarray:
+    """Tile ``N × 1 × H × W`` images row-major into one uint8 picture (``ncols`` default ⌈√N⌉)."""
+    tiles = to_uint8(images)
+    n, h, w = tiles.shape
+    ncols = ncols or math.ceil(math.sqrt(n))
+    nrows = math.ceil(n / ncols)
+    grid = np.zeros((nrows * (h + pad) - pad, ncols * (w + pad) - pad), dtype=np.uint8)
+    for i, tile in enumerate(tiles):
+        r, c = divmod(i, ncols)
+        grid[r * (h + pad):r * (h + pad) + h, c * (w + pad):c * (w + pad) + w] = tile
+    return grid
+
+
+def save_png(array: np.ndarray, path: str | Path) -> None:
+    """Write a 2D uint8 array as a greyscale PNG, atomically."""
+    from PIL import Image
+
+    from brainlatent.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8)).save(tmp, format="PNG")
+
+
+# --------------------------------------------------------------------------------------------
+# CLI
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--network", required=True, help="network.pt written by train-gan")
+    parser.add_argument("--seeds", required=True, help="seeds, e.g. 0-15 or 0,3,7 (one image each)")
+    parser.add_argument("--space", choices=["z", "w"], default="z", help="space in which truncation is applied (w: StyleGAN only)")
+    parser.add_argument("--truncation", type=float, default=1.0, metavar="PSI", help="truncation psi (1 = none)")
+    out = parser.add_mutually_exclusive_group(required=True)
+    out.add_argument("--out", help="write one grid PNG")
+    out.add_argument("--out-dir", help="write one PNG per seed (seed<NNNN>.png)")
+    parser.add_argument("--ncols", type=int, default=None, help="grid columns (default: square-ish)")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+
+
+def run(args: argparse.Namespace) -> None:
+    import logging
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    seeds = parse_seeds(args.seeds)
+    G = load_generator(args.network, device=device)
+    images = generate_images(G, seeds, space=args.space, truncation_psi=args.truncation)
+    if args.out:
+        save_png(image_grid(images, args.ncols), args.out)
+        logging.getLogger(__name__).info("wrote %d images to %s", len(seeds), args.out)
+    else:
+        for seed, img in zip(seeds, images):
+            save_png(to_uint8(img[None])[0], Path(args.out_dir) / f"seed{seed:04d}.png")
+        logging.getLogger(__name__).info("wrote %d images to %s", len(seeds), args.out_dir)

@@ -1,0 +1,292 @@
+"""One subject's anatomy: head size, a smooth random deformation, atrophy and MS lesions.
+
+The subject's native space is the template grid itself: for every subject voxel ``i`` the
+template is sampled at ``c + L (i - c - t) + u(i) + s * pull(i)``, where ``L`` undoes the head's
+scale and a small rotation, ``t`` is a small shift, ``u`` a smooth random displacement (a sum of
+Gaussian bumps, separable, so it costs three small matrix products) and ``s * pull`` widens the
+lateral ventricles by ``s`` voxels (atrophy). Lesions and cortical thinning are drawn in template
+space, so they deform with the rest of the head.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+from scipy import ndimage as ndi
+from scipy.spatial.transform import Rotation
+
+from brainlatent.synth.clinical import Clinical
+from brainlatent.synth.template import MEAN_THICKNESS_MM, Template
+
+#: linear head scale of women relative to the MNI152 template (MNI brains are larger than average)
+FEMALE_SCALE = 0.90
+#: linear head scale of men relative to women (about 7 %: ~20 % larger intracranial volume)
+MALE_SCALE = 1.07
+#: Gaussian-bump displacement field: node spacing and bump width (mm), amplitude sd (mm)
+DEFORM_SPACING_MM, DEFORM_WIDTH_MM, DEFORM_SD_MM = 30.0, 20.0, 1.8
+#: relative lesion load per MS course (PPMS has fewer brain lesions than its disability suggests)
+LESION_LOAD = {"HC": 0.0, "RRMS": 1.0, "SPMS": 1.2, "PPMS": 0.6}
+#: new lesions per year of follow-up
+NEW_LESIONS_PER_YEAR = {"HC": 0.0, "RRMS": 1.5, "SPMS": 1.0, "PPMS": 0.8}
+
+
+@dataclass(frozen=True)
+class Lesion:
+    """An ellipsoidal white-matter lesion.
+
+    Args:
+        centre: voxel coordinates (template grid), shape ``3``.
+        radii_mm: semi-axes, shape ``3``.
+        rotation: ``3 x 3`` rotation of the semi-axes.
+    """
+
+    centre: np.ndarray
+    radii_mm: np.ndarray
+    rotation: np.ndarray
+
+
+@dataclass(frozen=True)
+class SubjectAnatomy:
+    """Per-subject anatomical parameters, fixed across sessions.
+
+    Args:
+        scale: linear head scale (women ~1, men ~1.07).
+        rotation: ``3 x 3`` head rotation (a few degrees).
+        shift_vox: ``3`` head translation in voxels.
+        deform: ``3 x a x b x c`` Gaussian-bump coefficients (voxels) of the displacement.
+        thickness_mm: head layer thicknesses (see ``MEAN_THICKNESS_MM``).
+        ventricle_offset_mm: subject-specific ventricle size offset (added to the atrophy model).
+        thinning_offset: subject-specific cortical thinning offset.
+        cap_offset_mm: subject-specific periventricular lesion cap offset.
+        texture: ``a x b x c`` coefficients of a smooth multiplicative intensity texture.
+        contrast_jitter: ``2`` relative grey/white matter intensity offsets.
+    """
+
+    scale: float
+    rotation: np.ndarray
+    shift_vox: np.ndarray
+    deform: np.ndarray
+    thickness_mm: dict
+    ventricle_offset_mm: float
+    thinning_offset: float
+    cap_offset_mm: float
+    texture: np.ndarray
+    contrast_jitter: np.ndarray
+
+
+def gaussian_basis(n: int, resolution_mm: float, spacing_mm: float, width_mm: float) -> np.ndarray:
+    """``n x k`` matrix of Gaussian bumps (width ``width_mm``) every ``spacing_mm`` along one axis."""
+    extent = n * resolution_mm
+    k = int(np.ceil(extent / spacing_mm)) + 1
+    nodes = (np.arange(k) - (k - 1) / 2.0) * spacing_mm + extent / 2.0
+    x = (np.arange(n) + 0.5) * resolution_mm
+    return np.exp(-0.5 * ((x[:, None] - nodes[None, :]) / width_mm) ** 2).astype(np.float32)
+
+
+def basis_shape(shape: tuple[int, int, int], resolution_mm: float, spacing_mm: float) -> tuple[int, int, int]:
+    """Number of bumps per axis for :func:`gaussian_basis` on a grid of ``shape``."""
+    return tuple(int(np.ceil(n * resolution_mm / spacing_mm)) + 1 for n in shape)
+
+
+def smooth_field(coeffs: np.ndarray, bases: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
+    """Evaluate a separable Gaussian-bump field: ``sum_abc coeffs[a,b,c] Bx[:,a] By[:,b] Bz[:,c]``.
+
+    Args:
+        coeffs: ``a x b x c`` coefficients.
+        bases: per-axis basis matrices ``X x a``, ``Y x b``, ``Z x c``.
+
+    Returns:
+        ``X x Y x Z`` float32 field.
+    """
+    bx, by, bz = bases
+    field = np.tensordot(bx, coeffs, axes=(1, 0))  # X b c
+    field = np.tensordot(field, by, axes=(1, 1))  # X c Y
+    field = np.tensordot(field, bz, axes=(1, 1))  # X Y Z
+    return np.ascontiguousarray(field, dtype=np.float32)
+
+
+def draw_subject_anatomy(rng: np.random.Generator, template: Template, sex: str) -> SubjectAnatomy:
+    """Draw one subject's head size, pose, deformation, layer thicknesses and texture."""
+    r = template.resolution_mm
+    scale = FEMALE_SCALE * (MALE_SCALE if sex == "M" else 1.0) * float(np.exp(rng.normal(0.0, 0.03)))
+    angles = rng.normal(0.0, [4.0, 2.0, 2.0])  # degrees: nodding (about x) varies most
+    rotation = Rotation.from_euler("xyz", angles, degrees=True).as_matrix()
+    shift = rng.normal(0.0, 3.0 / r, size=3)
+    n_nodes = basis_shape(template.shape, r, DEFORM_SPACING_MM)
+    deform = rng.normal(0.0, DEFORM_SD_MM / r, size=(3, *n_nodes)).astype(np.float32)
+    thickness = {k: float(v * np.exp(rng.normal(0.0, 0.15))) for k, v in MEAN_THICKNESS_MM.items()}
+    texture = rng.normal(0.0, 0.03, size=basis_shape(template.shape, r, 20.0)).astype(np.float32)
+    return SubjectAnatomy(
+        scale=scale,
+        rotation=rotation,
+        shift_vox=shift,
+        deform=deform,
+        thickness_mm=thickness,
+        ventricle_offset_mm=float(rng.normal(0.0, 0.6)),
+        thinning_offset=float(rng.normal(0.0, 0.03)),
+        cap_offset_mm=float(rng.normal(0.0, 0.4)),
+        texture=texture,
+        contrast_jitter=rng.normal(0.0, 0.03, size=2),
+    )
+
+
+def atrophy(anatomy: SubjectAnatomy, clinical: Clinical) -> tuple[float, float]:
+    """Ventricle widening (mm) and cortical thinning fraction for one session.
+
+    Both rise with age (after 30) and EDSS; the subject's offsets make them vary between people
+    of the same age and EDSS while keeping each person's follow-up monotone.
+    """
+    years = max(clinical.age - 30.0, 0.0)
+    widen = 0.06 * years + 0.45 * clinical.edss + anatomy.ventricle_offset_mm
+    thin = 0.004 * years + 0.035 * clinical.edss + anatomy.thinning_offset
+    return float(np.clip(widen, 0.0, 5.0)), float(np.clip(thin, 0.0, 0.6))
+
+
+def _lesion_radius(rng: np.random.Generator, edss: float) -> float:
+    return float(np.exp(rng.normal(np.log(3.0), 0.35)) * (1.0 + 0.08 * edss))
+
+
+def _new_lesions(rng: np.random.Generator, template: Template, n: int, edss: float) -> list[Lesion]:
+    if n == 0:
+        return []
+    idx = rng.choice(len(template.lesion_sites), size=n, p=template.lesion_weights)
+    lesions = []
+    for k in idx:
+        radius = _lesion_radius(rng, edss)
+        radii = radius * np.array([1.0, rng.uniform(0.6, 1.0), rng.uniform(0.5, 0.9)])
+        centre = template.lesion_sites[k] + rng.uniform(-0.5, 0.5, size=3)
+        lesions.append(Lesion(centre, radii, Rotation.random(random_state=rng).as_matrix()))
+    return lesions
+
+
+def draw_lesions(rng: np.random.Generator, template: Template, clinical: Clinical) -> list[Lesion]:
+    """Baseline lesions: their number (Poisson) and size grow with EDSS; none for HC."""
+    mean = LESION_LOAD[clinical.ms_type] * (3.0 + 3.5 * clinical.edss)
+    return _new_lesions(rng, template, int(rng.poisson(mean)), clinical.edss)
+
+
+def progress_lesions(
+    rng: np.random.Generator, template: Template, lesions: list[Lesion], clinical: Clinical, years: float
+) -> list[Lesion]:
+    """Follow-up lesions: every old lesion persists (slightly grown) and new ones appear."""
+    grown = [replace(les, radii_mm=les.radii_mm * (1.0 + 0.03 * years * rng.uniform())) for les in lesions]
+    n_new = int(rng.poisson(NEW_LESIONS_PER_YEAR[clinical.ms_type] * years))
+    return grown + _new_lesions(rng, template, n_new, clinical.edss)
+
+
+def render_lesions(template: Template, lesions: list[Lesion], cap_mm: float) -> np.ndarray:
+    """Soft lesion map (fraction of white matter that is lesion), template grid, float32.
+
+    Args:
+        template: the template.
+        lesions: ellipsoids to draw (partial-volume edges about one voxel wide).
+        cap_mm: thickness of a confluent periventricular lesion rim (0 for none).
+    """
+    r = template.resolution_mm
+    out = np.zeros(template.shape, dtype=np.float32)
+    for les in lesions:
+        half = int(np.ceil(les.radii_mm.max() / r)) + 1
+        lo = np.maximum(np.floor(les.centre).astype(int) - half, 0)
+        hi = np.minimum(np.floor(les.centre).astype(int) + half + 1, template.shape)
+        if np.any(hi <= lo):
+            continue
+        grids = np.meshgrid(*[np.arange(a, b) for a, b in zip(lo, hi)], indexing="ij")
+        d = np.stack([(g - c) * r for g, c in zip(grids, les.centre)], axis=-1)  # mm offsets
+        q = (d @ les.rotation) / les.radii_mm  # coordinates in the lesion's frame, unit ellipsoid
+        rho = np.sqrt((q**2).sum(-1))
+        soft = np.clip((1.0 - rho) * les.radii_mm.min() / r + 0.5, 0.0, 1.0).astype(np.float32)
+        box = out[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
+        np.maximum(box, soft, out=box)
+    if cap_mm > 0.25:
+        dist = template.ventricle_distance
+        cap = np.clip((cap_mm - dist) / r + 0.5, 0.0, 1.0) * (dist > 0)
+        np.maximum(out, cap.astype(np.float32), out=out)
+    out *= np.clip((template.wm - 0.2) / 0.5, 0.0, 1.0)  # lesions live in white matter
+    return out
+
+
+def cap_thickness(anatomy: SubjectAnatomy, clinical: Clinical) -> float:
+    """Periventricular lesion rim thickness (mm): appears from EDSS ~2 on, none for HC."""
+    if clinical.ms_type == "HC":
+        return 0.0
+    return float(np.clip(0.45 * (clinical.edss - 2.0) + anatomy.cap_offset_mm, 0.0, 4.0))
+
+
+def tissue_fractions(template: Template, anatomy: SubjectAnatomy, thinning: float, lesion_map: np.ndarray) -> dict:
+    """Per-voxel tissue fractions in template space (they sum to the head's occupancy).
+
+    Returns:
+        dict of ``X x Y x Z`` float32 arrays: ``gm, wm, lesion, csf, csf_outer, bone, marrow,
+        fat, soft``.
+    """
+    r = template.resolution_mm
+    gm = template.gm * (1.0 - thinning * template.sulcal_csf)
+    lesion = template.wm * lesion_map
+    wm = template.wm - lesion
+    csf = np.clip(template.brain - gm - template.wm, 0.0, 1.0)
+
+    t = anatomy.thickness_mm
+    edges = np.cumsum([0.0, t["csf"], t["inner_table"], t["diploe"], t["outer_table"], t["fat"], t["skin"]])
+    depth = template.outer_depth.ravel()[template.shell_index]
+    # ramp k ~ "deeper than edge k", with a partial-volume edge one voxel wide (all shell voxels
+    # are outside the intracranial surface, so ramp 0 is 1)
+    ramps = [np.ones_like(depth)] + [np.clip((depth - float(e)) / r + 0.5, 0.0, 1.0) for e in edges[1:]]
+    layers = {
+        "csf_outer": ramps[0] - ramps[1],
+        "bone": (ramps[1] - ramps[2]) + (ramps[3] - ramps[4]),  # inner and outer table
+        "marrow": ramps[2] - ramps[3],  # diploe
+        "fat": ramps[4] - ramps[5],
+        "soft": (ramps[5] - ramps[6]) + template.shell_neck * ramps[6],  # skin, the neck below the skull
+    }
+    fractions = {"gm": gm, "wm": wm, "lesion": lesion, "csf": csf}
+    room = 1.0 - template.brain.ravel()[template.shell_index]  # brain partial volume at the surface
+    for name, values in layers.items():
+        fractions[name] = np.zeros(template.shape, dtype=np.float32)
+        fractions[name].ravel()[template.shell_index] = values * room
+    fractions["csf_outer"] += (1.0 - template.brain) * (template.outer_depth <= 0)  # sulcal notches
+    return fractions
+
+
+def subject_coordinates(template: Template, anatomy: SubjectAnatomy, widen_mm: float) -> np.ndarray:
+    """Template voxel coordinates sampled by every subject voxel, ``3 x X x Y x Z`` float32."""
+    r = template.resolution_mm
+    shape = template.shape
+    bases = tuple(gaussian_basis(n, r, DEFORM_SPACING_MM, DEFORM_WIDTH_MM) for n in shape)
+    lin = anatomy.rotation.T / anatomy.scale
+    c = template.centre
+    axes = [np.arange(n, dtype=np.float32) - (c[k] + anatomy.shift_vox[k]) for k, n in enumerate(shape)]
+    s = widen_mm / r
+    coords = np.empty((3, *shape), dtype=np.float32)
+    for a in range(3):
+        coords[a] = smooth_field(anatomy.deform[a], bases)
+        coords[a] += s * template.ventricle_pull[a]
+        coords[a] += c[a]
+        coords[a] += lin[a, 0] * axes[0][:, None, None]
+        coords[a] += lin[a, 1] * axes[1][None, :, None]
+        coords[a] += lin[a, 2] * axes[2][None, None, :]
+    return coords
+
+
+def warp(volume: np.ndarray, coords: np.ndarray) -> np.ndarray:
+    """Sample ``volume`` (template space) at ``coords`` (linear interpolation, 0 outside)."""
+    return ndi.map_coordinates(volume, coords, order=1, mode="constant", cval=0.0, output=np.float32)
+
+
+def warp_sparse(volume: np.ndarray, coords: np.ndarray) -> np.ndarray:
+    """:func:`warp` for a mostly-zero volume: only coordinates near its non-zero box are sampled."""
+    out = np.zeros(coords.shape[1:], dtype=np.float32)
+    nonzero = [np.flatnonzero(volume.any(axis=tuple(b for b in range(3) if b != a))) for a in range(3)]
+    if any(len(n) == 0 for n in nonzero):
+        return out
+    near = np.ones(out.shape, dtype=bool)
+    for a, n in enumerate(nonzero):
+        near &= (coords[a] > n[0] - 1) & (coords[a] < n[-1] + 1)
+    out[near] = ndi.map_coordinates(volume, coords[:, near], order=1, mode="constant", cval=0.0, output=np.float32)
+    return out
+
+
+def warped_volume_ml(volume: np.ndarray, coords: np.ndarray, voxel_ml: float, step: int = 2) -> float:
+    """Volume (ml) of a tissue map after warping, estimated on every ``step``-th subject voxel."""
+    sub = coords[:, ::step, ::step, ::step]
+    return float(warp(volume, sub).sum(dtype=np.float64)) * voxel_ml * step**3

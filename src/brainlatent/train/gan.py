@@ -1,0 +1,450 @@
+"""``brainlatent train-gan``: train a StyleGAN or the mapping-free GAN with WGAN-GP, resumably.
+
+One run folder per (arch, z_dim)::
+
+    <out>/options.json            what this run was asked to do (config section, seed, networks)
+    <out>/log.csv                 kimg, step, loss_d, loss_g, gp, wasserstein, img_per_s, wall_s
+    <out>/samples/reals.png       training images
+    <out>/samples/fakes-<kimg>.png  fixed-z grid from the EMA generator, fixed noise
+    <out>/checkpoints/ckpt-<kimg>.pt  G, D, EMA, both optimisers, counters, RNG and data-order state
+    <out>/network.pt              the EMA generator (weights only): see models.stylegan.load_generator
+
+Training: Adam for G (mapping included) and D; ``critic_steps`` critic updates (one real batch each)
+per generator update; progress counted in thousands of real images shown (kimg). The EMA copy of G
+(half-life ``ema_kimg``) is the model every later stage evaluates. On start the newest valid
+checkpoint is resumed; on CPU a killed-and-resumed run ends with bitwise the same weights as an
+uninterrupted one (seeded init, seeded data order, global RNG states saved). SIGTERM (SLURM
+preemption) writes a checkpoint and exits with status 143.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import logging
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from brainlatent.config import derive_seed, load_config
+from brainlatent.errors import BrainlatentError
+from brainlatent.generate import image_grid, save_png
+from brainlatent.io import write_json, write_table
+from brainlatent.models.discriminator import Discriminator
+from brainlatent.models.stylegan import ARCHS, Generator, load_generator, save_network
+from brainlatent.train.checkpoint import (
+    ResumableShuffler,
+    capture_rng_state,
+    load_latest_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
+from brainlatent.train.losses import critic_loss, generator_loss
+
+__all__ = ["train_gan", "load_generator", "ema_beta", "ema_update", "mix_styles", "add_arguments", "run"]
+
+log = logging.getLogger(__name__)
+
+LOG_COLUMNS = ["kimg", "step", "loss_d", "loss_g", "gp", "wasserstein", "img_per_s", "wall_s"]
+CHECKPOINT_KEYS = ["G", "D", "G_ema", "opt_G", "opt_D", "step", "nimg", "rng", "data_order", "generator_config"]
+SNAPSHOT_IMAGES = 32  # 8 x 4 grid
+IN_MEMORY_BYTES = 2 * 1024 ** 3  # train images up to this size are copied into RAM
+
+
+class TrainingInterrupted(RuntimeError):
+    """Raised after a checkpoint was written because SIGTERM arrived."""
+
+
+# --------------------------------------------------------------------------------------------
+# Pieces with their own tests
+
+
+def ema_beta(batch_size: int, ema_kimg: float) -> float:
+    """Per-step EMA decay for a half-life of ``ema_kimg`` thousand images: ``0.5 ** (batch / (ema_kimg·1000))``."""
+    return 0.5 ** (batch_size / max(ema_kimg * 1000.0, 1e-8))
+
+
+@torch.no_grad()
+def ema_update(ema: nn.Module, model: nn.Module, beta: float) -> None:
+    """``p_ema ← beta · p_ema + (1 − beta) · p`` for every parameter; buffers (w_avg) are copied."""
+    for p_ema, p in zip(ema.parameters(), model.parameters()):
+        p_ema.copy_(p.detach().lerp(p_ema, beta))
+    for b_ema, b in zip(ema.buffers(), model.buffers()):
+        b_ema.copy_(b)
+
+
+def mix_styles(G: Generator, z: torch.Tensor, prob: float, update_w_avg: bool = False) -> torch.Tensor:
+    """Style-mixing regularisation: ``N × num_ws × w_dim`` styles, the layers from a random cutoff on
+    taken from a second latent, with probability ``prob`` (NVlabs). ``prob = 0`` draws nothing."""
+    ws = G.mapping(z, update_w_avg=update_w_avg).unsqueeze(1).repeat(1, G.num_ws, 1)
+    if prob > 0:
+        cutoff = int(torch.randint(1, G.num_ws, ()))
+        if float(torch.rand(())) < prob:
+            ws[:, cutoff:] = G.mapping(torch.randn_like(z)).unsqueeze(1)
+    return ws
+
+
+# --------------------------------------------------------------------------------------------
+# Data
+
+
+class TrainImages:
+    """The training split of a slice dataset; batches gathered by index.
+
+    Small datasets are copied into memory; large ones are read from the memmap batch by batch.
+    """
+
+    def __init__(self, slices_dir: str | Path) -> None:
+        from brainlatent.slices import load_slices
+
+        images, manifest = load_slices(slices_dir)
+        if "split" not in manifest.columns:
+            raise BrainlatentError(f"{slices_dir}/manifest.parquet: no 'split' column; expected train/val/test per slice")
+        if images.ndim != 4 or images.shape[1] != 1 or images.shape[2] != images.shape[3]:
+            raise BrainlatentError(f"{slices_dir}/images.npy: shape {images.shape}; expected N x 1 x R x R")
+        train = manifest[manifest["split"] == "train"]
+        rows = (train["index"] if "index" in train.columns else train.index).to_numpy(dtype=np.int64)
+        if len(rows) == 0:
+            raise BrainlatentError(f"{slices_dir}/manifest.parquet: no slice has split 'train'")
+        self.rows = rows
+        self.resolution = int(images.shape[-1])
+        if len(rows) * images[0].nbytes <= IN_MEMORY_BYTES:
+            self.memory: torch.Tensor | None = torch.from_numpy(np.ascontiguousarray(images[np.sort(rows)], dtype=np.float32))
+            self.rows = np.sort(rows)
+            self.images = None
+        else:
+            self.memory = None
+            self.images = images
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def get(self, idx: torch.Tensor) -> torch.Tensor:
+        """Images ``idx`` (positions in the training split) as ``B × 1 × R × R`` float32."""
+        if self.memory is not None:
+            return self.memory.index_select(0, idx)
+        return torch.from_numpy(np.ascontiguousarray(self.images[self.rows[idx.numpy()]], dtype=np.float32))
+
+
+# --------------------------------------------------------------------------------------------
+# Training loop helpers
+
+
+class _SigtermFlag:
+    """Context manager that records SIGTERM instead of dying (main thread only)."""
+
+    def __init__(self) -> None:
+        self.received = False
+        self._previous: Any = None
+
+    def _handle(self, signum, frame) -> None:  # noqa: ARG002
+        log.warning("SIGTERM received: writing a checkpoint, then stopping")
+        self.received = True
+
+    def __enter__(self) -> _SigtermFlag:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def _kimg_name(nimg: int) -> str:
+    return f"{nimg / 1000:010.3f}"
+
+
+def _every(kimg: float) -> int:
+    return max(1, int(round(kimg * 1000)))
+
+
+def _trim_log(path: Path, max_step: int) -> None:
+    """Keep the header and rows up to ``max_step`` (rows a killed run wrote after its last checkpoint go)."""
+    import pandas as pd
+
+    if not path.exists():
+        return
+    try:
+        df = pd.read_csv(path)
+    except Exception:  # noqa: BLE001 - an unreadable log is rebuilt from scratch
+        df = pd.DataFrame(columns=LOG_COLUMNS)
+    write_table(path, df[df["step"] <= max_step] if "step" in df.columns else df.iloc[0:0])
+
+
+def _snapshot(G_ema: Generator, z: torch.Tensor, noise: list[torch.Tensor], path: Path) -> None:
+    with torch.no_grad():
+        imgs = G_ema(z, noise=noise).float()
+    save_png(image_grid(imgs, ncols=8), path)
+
+
+def _autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
+def _check_inputs(cfg: dict, arch: str, z_dim: int) -> None:
+    if arch not in ARCHS:
+        raise BrainlatentError(f"--arch: expected one of {list(ARCHS)}, got {arch!r}")
+    if z_dim < 2:
+        raise BrainlatentError(f"--zdim: expected an integer >= 2, got {z_dim}")
+    if arch not in cfg["gan"]["archs"]:
+        log.warning("arch %r is not in the config's gan.archs %s", arch, cfg["gan"]["archs"])
+
+
+# --------------------------------------------------------------------------------------------
+# Training
+
+
+def train_gan(
+    cfg: dict,
+    slices_dir: str | Path,
+    arch: str,
+    z_dim: int,
+    out_dir: str | Path,
+    device: str | torch.device | None = None,
+) -> dict[str, Any]:
+    """Train one generator (resuming from the newest valid checkpoint) and write ``network.pt``.
+
+    Args:
+        cfg: a completed study config (:func:`brainlatent.config.load_config`); uses ``cfg["gan"]``.
+        slices_dir: slice dataset folder (``images.npy`` + ``manifest.parquet``); its train split is used.
+        arch: ``"stylegan"`` or ``"gan"``.
+        z_dim: latent size (also w size).
+        out_dir: the run folder.
+        device: torch device; default ``cuda`` if available, else ``cpu``.
+
+    Returns:
+        Summary dict: ``network``, ``kimg``, ``steps``, ``seconds`` (this call), ``s_per_kimg``
+        (this call), ``resumed_from`` (checkpoint path or None), ``device``.
+    """
+    gcfg = cfg["gan"]
+    _check_inputs(cfg, arch, z_dim)
+    out_dir = Path(out_dir)
+    ckpt_dir, sample_dir = out_dir / "checkpoints", out_dir / "samples"
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    seed = derive_seed(cfg["seed"], "train_gan", arch, z_dim)
+    data = TrainImages(slices_dir)
+    batch = int(gcfg["batch_size"])
+    generator_config = dict(
+        z_dim=int(z_dim), w_dim=int(z_dim), resolution=data.resolution, arch=arch,
+        mapping_layers=int(gcfg["mapping_layers"]), channels_base=int(gcfg["channels_base"]),
+        channels_max=int(gcfg["channels_max"]), img_channels=1,
+    )
+    fork_devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=fork_devices), _SigtermFlag() as sigterm:
+        torch.manual_seed(seed)
+        G = Generator(**generator_config).to(device)
+        D = Discriminator(data.resolution, gcfg["channels_base"], gcfg["channels_max"]).to(device)
+        # channels-last is faster on CPU too (measured ~25% on the demo networks, oneDNN)
+        G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        G_ema = copy.deepcopy(G).eval().requires_grad_(False)
+        betas = tuple(gcfg["betas"])
+        opt_G = torch.optim.Adam(G.parameters(), lr=gcfg["lr"], betas=betas, eps=1e-8)
+        opt_D = torch.optim.Adam(D.parameters(), lr=gcfg["lr"], betas=betas, eps=1e-8)
+        order = ResumableShuffler(len(data), batch, derive_seed(seed, "data_order"))
+        step, nimg, wall_before = 0, 0, 0.0
+
+        resumed_from, state = load_latest_checkpoint(ckpt_dir, required_keys=CHECKPOINT_KEYS)
+        if state is not None:
+            if state["generator_config"] != generator_config:
+                raise BrainlatentError(
+                    f"{resumed_from}: checkpoint was trained with generator {state['generator_config']}, "
+                    f"this run asks for {generator_config}; use another --out folder or delete {ckpt_dir}"
+                )
+            G.load_state_dict(state["G"])
+            D.load_state_dict(state["D"])
+            G_ema.load_state_dict(state["G_ema"])
+            opt_G.load_state_dict(state["opt_G"])
+            opt_D.load_state_dict(state["opt_D"])
+            order.load_state_dict(state["data_order"])
+            step, nimg, wall_before = int(state["step"]), int(state["nimg"]), float(state.get("wall_s", 0.0))
+            restore_rng_state(state["rng"])
+            log.info("resumed from %s (kimg %.3f, step %d)", resumed_from, nimg / 1000, step)
+            _trim_log(out_dir / "log.csv", step)
+            del state
+        else:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            write_table(out_dir / "log.csv", _empty_log())
+        write_json(out_dir / "options.json", {
+            "arch": arch, "z_dim": z_dim, "seed": seed, "slices_dir": str(slices_dir), "device": str(device),
+            "train_images": len(data), "generator_config": generator_config, "discriminator_config": D.config,
+            "gan": gcfg, "num_params": {"G": sum(p.numel() for p in G.parameters()),
+                                        "mapping": sum(p.numel() for p in G.mapping.parameters()),
+                                        "D": sum(p.numel() for p in D.parameters())},
+        })
+
+        # fixed snapshot latents and noise, from their own generator (the training RNG is untouched)
+        snap_gen = torch.Generator().manual_seed(derive_seed(seed, "snapshot"))
+        snap_z = torch.randn(SNAPSHOT_IMAGES, z_dim, generator=snap_gen).to(device)
+        snap_noise = [torch.randn((SNAPSHOT_IMAGES,) + s[1:], generator=snap_gen).to(device) for s in G.noise_shapes()]
+        if not (sample_dir / "reals.png").exists():
+            save_png(image_grid(data.get(torch.arange(min(SNAPSHOT_IMAGES, len(data)))), ncols=8), sample_dir / "reals.png")
+        if nimg == 0:
+            _snapshot(G_ema, snap_z, snap_noise, sample_dir / f"fakes-{_kimg_name(0)}.png")
+
+        total = _every(gcfg["kimg"])
+        beta = ema_beta(batch, gcfg["ema_kimg"])
+        every_log, every_snap, every_ckpt = _every(gcfg["log_kimg"]), _every(gcfg["snapshot_kimg"]), _every(gcfg["checkpoint_kimg"])
+        next_log, next_snap, next_ckpt = ((nimg // e + 1) * e for e in (every_log, every_snap, every_ckpt))
+        sums: dict[str, torch.Tensor] = {}
+        n_sum, last_ckpt_nimg = 0, (nimg if resumed_from is not None else -1)
+        t_start = t_tick = time.perf_counter()
+        nimg_start = nimg_tick = nimg
+        bar = _progress(total, nimg)
+
+        def checkpoint() -> Path:
+            path = ckpt_dir / f"ckpt-{_kimg_name(nimg)}.pt"
+            save_checkpoint({
+                "G": G.state_dict(), "D": D.state_dict(), "G_ema": G_ema.state_dict(),
+                "opt_G": opt_G.state_dict(), "opt_D": opt_D.state_dict(),
+                "step": step, "nimg": nimg, "wall_s": wall_before + time.perf_counter() - t_start,
+                "rng": capture_rng_state(), "data_order": order.state_dict(),
+                "generator_config": generator_config, "seed": seed, "arch": arch,
+            }, path, keep=int(gcfg["keep_checkpoints"]))
+            return path
+
+        while nimg < total:
+            stats = _train_step(G, D, opt_G, opt_D, data, order, device, gcfg)
+            ema_update(G_ema, G, beta)
+            step += 1
+            nimg += batch * int(gcfg["critic_steps"])
+            for k, v in stats.items():
+                sums[k] = sums.get(k, 0.0) + v
+            n_sum += 1
+            if bar is not None:
+                bar.update(min(nimg, total) - bar.n)
+
+            if nimg >= next_log or nimg >= total:
+                now = time.perf_counter()
+                row = {"kimg": nimg / 1000, "step": step, **{k: float(sums[k]) / n_sum for k in ("loss_d", "loss_g", "gp", "wasserstein")},
+                       "img_per_s": (nimg - nimg_tick) / max(now - t_tick, 1e-9), "wall_s": wall_before + now - t_start}
+                _append_log(out_dir / "log.csv", row)
+                _report(row, bar, total)
+                sums, n_sum, t_tick, nimg_tick = {}, 0, now, nimg
+                next_log = (nimg // every_log + 1) * every_log
+            if nimg >= next_snap or nimg >= total:
+                _snapshot(G_ema, snap_z, snap_noise, sample_dir / f"fakes-{_kimg_name(nimg)}.png")
+                next_snap = (nimg // every_snap + 1) * every_snap
+            if nimg >= next_ckpt or nimg >= total or sigterm.received:
+                checkpoint()
+                last_ckpt_nimg = nimg
+                next_ckpt = (nimg // every_ckpt + 1) * every_ckpt
+            if sigterm.received:
+                raise TrainingInterrupted(f"stopped by SIGTERM at kimg {nimg / 1000:.3f}; checkpoint written to {ckpt_dir}")
+
+        if bar is not None:
+            bar.close()
+        if last_ckpt_nimg != nimg:  # a resumed, already finished run
+            checkpoint()
+        network = out_dir / "network.pt"
+        save_network(network, G_ema, kimg=nimg / 1000, seed=seed)
+        seconds = time.perf_counter() - t_start
+        done_kimg = (nimg - nimg_start) / 1000
+        summary = {
+            "network": str(network), "kimg": nimg / 1000, "steps": step, "seconds": seconds,
+            "s_per_kimg": seconds / done_kimg if done_kimg > 0 else float("nan"),
+            "resumed_from": str(resumed_from) if resumed_from else None, "device": str(device),
+        }
+        log.info("trained %s z%d to kimg %.3f in %.1f s (%.2f s/kimg); wrote %s",
+                 arch, z_dim, nimg / 1000, seconds, summary["s_per_kimg"], network)
+        return summary
+
+
+def _train_step(
+    G: Generator,
+    D: Discriminator,
+    opt_G: torch.optim.Optimizer,
+    opt_D: torch.optim.Optimizer,
+    data: TrainImages,
+    order: ResumableShuffler,
+    device: torch.device,
+    gcfg: dict,
+) -> dict[str, torch.Tensor]:
+    """``critic_steps`` critic updates then one generator update; returns detached loss terms."""
+    batch, mix = int(gcfg["batch_size"]), float(gcfg["style_mixing_prob"])
+    stats: dict[str, torch.Tensor] = {}
+    for _ in range(int(gcfg["critic_steps"])):
+        real = data.get(order.next_batch()).to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        z = torch.randn(batch, G.z_dim, device=device)
+        with _autocast(device):
+            with torch.no_grad():
+                fake = G.synthesis(mix_styles(G, z, mix))
+            loss_d, stats = critic_loss(D, real, fake, gp_lambda=gcfg["gp_lambda"], drift=gcfg["drift"])
+        opt_D.zero_grad(set_to_none=True)
+        loss_d.backward()
+        opt_D.step()
+
+    D.requires_grad_(False)
+    z = torch.randn(batch, G.z_dim, device=device)
+    with _autocast(device):
+        fake = G.synthesis(mix_styles(G, z, mix, update_w_avg=True))
+        loss_g = generator_loss(D, fake)
+    opt_G.zero_grad(set_to_none=True)
+    loss_g.backward()
+    opt_G.step()
+    D.requires_grad_(True)
+    return {"loss_d": stats["loss_d"], "gp": stats["gp"], "wasserstein": stats["wasserstein"], "loss_g": loss_g.detach()}
+
+
+def _empty_log():
+    import pandas as pd
+
+    return pd.DataFrame(columns=LOG_COLUMNS)
+
+
+def _append_log(path: Path, row: dict[str, float]) -> None:
+    with open(path, "a", newline="", encoding="utf-8") as fh:
+        csv.writer(fh).writerow([f"{row[c]:.6g}" if isinstance(row[c], float) else row[c] for c in LOG_COLUMNS])
+
+
+def _progress(total: int, start: int):
+    if not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=start, unit="img", unit_scale=True, desc="train-gan", file=sys.stderr)
+
+
+def _report(row: dict[str, float], bar, total: int) -> None:
+    if bar is not None:
+        bar.set_postfix(loss_d=f"{row['loss_d']:.3f}", loss_g=f"{row['loss_g']:.3f}", W=f"{row['wasserstein']:.3f}")
+        return
+    log.info("kimg %.3f/%.3f step %d loss_d %.4f loss_g %.4f gp %.4f W %.4f %.1f img/s",
+             row["kimg"], total / 1000, row["step"], row["loss_d"], row["loss_g"], row["gp"],
+             row["wasserstein"], row["img_per_s"])
+
+
+# --------------------------------------------------------------------------------------------
+# CLI
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="study config: YAML path or inline JSON")
+    parser.add_argument("--slices", required=True, metavar="DIR", help="slice dataset folder (images.npy + manifest.parquet)")
+    parser.add_argument("--arch", required=True, choices=list(ARCHS), help="stylegan, or gan (no mapping network)")
+    parser.add_argument("--zdim", required=True, type=int, help="latent size")
+    parser.add_argument("--out", required=True, metavar="DIR", help="run folder (resumed if it has checkpoints)")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+
+
+def run(args: argparse.Namespace) -> None:
+    cfg = load_config(args.config)
+    try:
+        train_gan(cfg, args.slices, args.arch, args.zdim, args.out, device=args.device)
+    except TrainingInterrupted as exc:
+        log.error("%s", exc)
+        sys.exit(128 + signal.SIGTERM)

@@ -88,9 +88,14 @@ def synthetic_head(spacing: tuple[float, float, float], tilt_deg: float = 0.0, s
     return img
 
 
-def run_one(image: Path, out_dir: Path, config: str, threads: int) -> dict:
+def scan_names(images: list[Path]) -> list[str]:
+    """File names without extension, prefixed by the parent folder where names repeat."""
+    stems = [p.name.replace(".nii.gz", "").replace(".nii", "") for p in images]
+    return [f"{p.parent.name}_{s}" if stems.count(s) > 1 else s for p, s in zip(images, stems)]
+
+
+def run_one(image: Path, name: str, out_dir: Path, config: str, threads: int) -> dict:
     """Run ``brainlatent preprocess`` in a child process; wall seconds and its peak RSS."""
-    name = image.name.replace(".nii.gz", "").replace(".nii", "")
     summary = out_dir / f"{name}.json"
     cmd = [
         sys.executable, "-m", "brainlatent", "preprocess", "--config", config, "--image", str(image),
@@ -125,7 +130,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", default="config/config.yaml", help="study config (its preprocess section is used)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--keep", default=None, help="keep outputs in this folder")
+    parser.add_argument("--generate-into", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.generate_into:
+        import nibabel as nib
+
+        for i in range(args.n):
+            site, spacing, tilt = SITES[i % len(SITES)]
+            nib.save(synthetic_head(spacing, tilt, seed=i), str(Path(args.generate_into) / f"synth{i:02d}_{site}.nii.gz"))
+        return
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp_dir = Path(tmp)
@@ -133,14 +146,10 @@ def main(argv: list[str] | None = None) -> None:
         out_dir.mkdir(parents=True, exist_ok=True)
         images = [Path(p) for p in args.images]
         if not images:
-            import nibabel as nib
-
-            for i in range(args.n):
-                site, spacing, tilt = SITES[i % len(SITES)]
-                path = tmp_dir / f"synth{i:02d}_{site}.nii.gz"
-                nib.save(synthetic_head(spacing, tilt, seed=i), str(path))
-                images.append(path)
-        rows = [run_one(p, out_dir, args.config, args.threads) for p in images]
+            # generated in a child process: a child's peak RSS starts from its parent's at fork
+            subprocess.run([sys.executable, __file__, "--generate-into", str(tmp_dir), "--n", str(args.n)], check=True)
+            images = sorted(tmp_dir.glob("synth*.nii.gz"))
+        rows = [run_one(p, name, out_dir, args.config, args.threads) for p, name in zip(images, scan_names(images))]
 
     header = f"{'scan':<30} {'input shape':>13} {'spacing mm':>14} {'orient':>6} {'wall s':>7} {'cpu s':>6} {'RSS MB':>7} {'brain ml':>8}"
     print(header)

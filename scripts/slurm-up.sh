@@ -10,7 +10,8 @@
 # empty file), in one partition `main` (the partition `slurm/config.yaml` names).
 # Idempotent: a second call with the same STATE_DIR only starts what is not running.
 # Packages `slurmctld slurmd slurm-client munge` are installed with apt-get only when missing.
-# Exit status: 0 up, 1 failed to start, 3 cannot run here (not root, no apt, install failed).
+# Exit status: 0 up, 1 failed to start, 3 cannot run here (not root, no apt, install failed),
+# 4 a cluster started by this script with another STATE_DIR is running (it is left as it is).
 set -euo pipefail
 
 STATE=${1:-${BRAINLATENT_SLURM_STATE:-./slurm-state}}
@@ -57,11 +58,11 @@ if alive "$STATE/run/slurmctld.pid" || alive "$STATE/run/slurmd.pid"; then
     :  # ours and running: keep its config
 elif [[ -e $CONF ]] && pgrep -x slurmctld >/dev/null; then
     other=$(sed -n 's/^StateSaveLocation=\(.*\)\/ctld$/\1/p' "$CONF")
-    die 1 "a SLURM controller is already running (state ${other:-unknown}); run scripts/slurm-down.sh ${other:-} first"
+    die 4 "SLURM is already running with state ${other:-unknown}; use it, or stop it first: scripts/slurm-down.sh ${other:-}"
 fi
 
 HOST=$(hostname -s)
-CPUS=$(nproc)
+CPUS=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)  # nproc obeys OMP_NUM_THREADS otherwise
 MEM=$(( $(awk '/^MemTotal/ {print $2}' /proc/meminfo) / 1024 - 1024 ))
 touch "$STATE/fakegpu0"
 cat > "$CONF.tmp" <<EOF

@@ -208,3 +208,13 @@ def test_resumable_shuffler_covers_every_sample_each_epoch():
     s2 = ResumableShuffler(10, 4, seed=3)
     s2.load_state_dict(state)
     assert torch.equal(s2.next_batch(), nxt)
+
+
+def test_train_images_memmap_path_matches_in_memory(slices_dir, monkeypatch):
+    in_memory = gan_module.TrainImages(slices_dir)
+    monkeypatch.setattr(gan_module, "IN_MEMORY_BYTES", 0)
+    from_disk = gan_module.TrainImages(slices_dir)
+    assert in_memory.memory is not None and from_disk.memory is None
+    assert len(in_memory) == len(from_disk) == 18  # the train split only
+    idx = torch.tensor([5, 0, 17, 5])
+    assert torch.equal(in_memory.get(idx), from_disk.get(idx))

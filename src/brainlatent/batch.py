@@ -347,6 +347,7 @@ def collect_metrics(runs: Sequence[Run], batch: str):
     if not frames:
         return pd.DataFrame(columns=columns)
     out = pd.concat(frames, ignore_index=True)
+    out["z_dim"] = pd.to_numeric(out["z_dim"], errors="coerce").astype("Int64")  # empty for the classifier
     return out[columns]
 
 
@@ -361,7 +362,7 @@ def compare(all_metrics, group_cols: Sequence[str]):
     keys = [*group_cols, *METRIC_COLUMNS]
     if df.empty:
         return pd.DataFrame(columns=[*keys, "n", "mean", "std", "studies"])
-    df["z_dim"] = df["z_dim"].astype("Float64")
+    df["z_dim"] = pd.to_numeric(df["z_dim"], errors="coerce").astype("Int64")
     for col in group_cols:
         df[col] = df[col].astype(str)
     grouped = df.groupby(keys, dropna=False, sort=False)

@@ -21,6 +21,12 @@ from brainlatent.errors import BrainlatentError
 PathLike = str | os.PathLike
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(target: PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; on success rename it to ``target``.
@@ -41,6 +47,7 @@ def atomic_path(target: PathLike, suffix: str | None = None) -> Iterator[Path]:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=".tmp" + suffix, dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; outputs follow the umask
     try:
         yield tmp
         if tmp.is_dir() or tmp.exists():
@@ -60,6 +67,7 @@ def atomic_dir(target: PathLike) -> Iterator[Path]:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    os.chmod(tmp, 0o777 & ~_umask())
     try:
         yield tmp
         if target.exists():

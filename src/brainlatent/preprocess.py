@@ -48,7 +48,10 @@ distance into the candidates, closed by 3 mm and its holes (ventricles) filled. 
 * scans that do not contain the whole brain give a mask of the covered part only;
 * it is tuned for adult heads at 1-4 mm; check the QC pictures of every new data source.
 
-Performance: about 1-2 s per scan at 1.5 mm (SimpleITK and SciPy, one thread by default).
+Performance (one thread, process start included, 1.5 mm, 180 x 216 x 180 mm box): about 2.2-3 s
+and 300 MB per scan; N4 is the largest share and scales with the number of fit points, so
+``shrink_factor`` 6 (9 mm fit voxels, a field within about 1 % of shrink 4) is 2-3x faster than 4.
+``benchmarks/bench_preprocess.py`` measures it.
 """
 
 from __future__ import annotations
@@ -95,7 +98,7 @@ def ras_grid(affine: np.ndarray, shape: tuple[int, ...], spacing: tuple[float, f
 
     Example:
         >>> aff, shp = ras_grid(np.diag([-2.0, -2.0, 2.0, 1.0]), (10, 10, 10), (1.0, 1.0, 1.0))
-        >>> shp, aff[0, 0], aff[0, 3]
+        >>> shp, float(aff[0, 0]), float(aff[0, 3])
         ((21, 21, 21), 1.0, -19.0)
     """
     sp = np.asarray(spacing, dtype=float)
@@ -192,7 +195,7 @@ def crop_or_pad(arrays: list[np.ndarray], affine: np.ndarray, centre: np.ndarray
 
     Example:
         >>> (b,), aff = crop_or_pad([np.ones((4, 4, 4))], np.eye(4), np.array([1.5, 1.5, 1.5]), (6, 2, 4))
-        >>> b.shape, b.sum(), aff[:3, 3].tolist()
+        >>> b.shape, float(b.sum()), aff[:3, 3].tolist()
         ((6, 2, 4), 32.0, [-1.0, 1.0, 0.0])
     """
     start = np.round(np.asarray(centre, dtype=float) - (np.asarray(out_shape) - 1) / 2.0).astype(int)
@@ -305,8 +308,8 @@ def upsample_mask(mask: np.ndarray, factors: tuple[int, int, int], shape: tuple[
     Example:
         >>> m = np.zeros((4, 4, 4), bool); m[1:3, 1:3, 1:3] = True
         >>> up = upsample_mask(m, (2, 2, 2), (8, 8, 8))
-        >>> up.shape, int(up.sum()), bool(up[4, 4, 4]), bool(up[0, 0, 0])
-        ((8, 8, 8), 64, True, False)
+        >>> up.shape, int(up.sum()), bool(up[4, 4, 4]), bool(up[0, 0, 0])  # the 8 corners round off
+        ((8, 8, 8), 56, True, False)
     """
     from scipy import ndimage
 
@@ -381,7 +384,8 @@ def auto_brain_mask(
     candidates (bright voxels allowed again); closing by 3 mm; hole filling.
 
     Args:
-        image: X x Y x Z bias-corrected intensities on an RAS grid.
+        image: X x Y x Z intensities on an RAS grid (bias-corrected or not: the thresholds are
+            relative to the head's intensity mode).
         spacing: voxel size in mm (3,).
         head: head mask (computed with :func:`head_mask` when not given).
         field_of_view: bool X x Y x Z, where the acquisition has data; a head cut by the edge of the
@@ -459,7 +463,7 @@ def n4_bias_correction(
 
     Args:
         image: X x Y x Z positive intensities.
-        mask: bool X x Y x Z region the field is fitted in (a head mask).
+        mask: bool X x Y x Z region the field is fitted in (the brain mask); voxels <= 0 are left out.
         spacing: voxel size in mm (3,).
         shrink_factor: fit on an image shrunk by this factor per axis.
         iterations: maximum iterations per fitting level (one entry per level).

@@ -1,8 +1,9 @@
 """Quality-control pictures: three orthogonal views of a volume with the brain mask's outline.
 
 Views go through the mask's centre of mass of an RAS volume and are drawn in neurological
-convention (the patient's right on the picture's right): axial (anterior up), coronal and sagittal
-(superior up, anterior right). Rendering uses matplotlib's Agg backend (no display needed).
+convention (the patient's right on the picture's right, marked R/L): axial (anterior up), coronal
+and sagittal (superior up; sagittal anterior right, marked A/P). Rendering uses matplotlib's Agg
+backend (no display needed).
 """
 
 from __future__ import annotations
@@ -45,8 +46,9 @@ def save_qc_png(
         dpi: resolution of the saved picture.
 
     Example:
+        >>> import tempfile; from pathlib import Path
         >>> v = np.random.rand(20, 24, 20).astype(np.float32); m = v > 0.5
-        >>> save_qc_png("/tmp/qc_example.png", v, m, (1, 1, 1), "example")
+        >>> save_qc_png(Path(tempfile.mkdtemp()) / "qc.png", v, m, (1, 1, 1), "example")
     """
     import matplotlib
 
@@ -64,15 +66,19 @@ def save_qc_png(
     if vmax <= vmin:
         vmax = vmin + 1.0
     fig, axes = plt.subplots(1, 3, figsize=(12, 4.6), facecolor="black")
-    for ax, (name, sl, h, v) in zip(axes, _views(image, centre)):
-        msl = _views(mask.astype(np.float32), centre)[["axial", "coronal", "sagittal"].index(name)][1]
+    for ax, (name, sl, h, v), (_, msl, _, _) in zip(axes, _views(image, centre), _views(mask.astype(np.float32), centre)):
         ax.imshow(sl, cmap="gray", origin="lower", vmin=vmin, vmax=vmax, aspect=spacing[v] / spacing[h], interpolation="nearest")
         if msl.any() and not msl.all():
             ax.contour(msl, levels=[0.5], colors=["#ff3b3b"], linewidths=1.0)
         ax.set_title(name, color="white", fontsize=10)
+        right, left = ("R", "L") if name != "sagittal" else ("A", "P")
+        for x, letter in ((0.99, right), (0.01, left)):
+            ax.text(x, 0.5, letter, transform=ax.transAxes, color="#ffd84d", fontsize=9, ha="right" if x > 0.5 else "left", va="center")
         ax.set_axis_off()
     fig.suptitle(title, color="white", fontsize=11)
     fig.tight_layout(rect=(0, 0, 1, 0.94))
-    with io.atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=dpi, facecolor=fig.get_facecolor(), format="png")
-    plt.close(fig)
+    try:
+        with io.atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=dpi, facecolor=fig.get_facecolor(), format="png")
+    finally:
+        plt.close(fig)

@@ -457,6 +457,8 @@ def section_glance(st: StudyFiles) -> str:
                 hw, sw = lookup(doc, f"{w_key}.entropy_bits_mean"), lookup(doc, f"{w_key}.entropy_bits_std")
                 hz, sz = lookup(doc, f"{z_key}.entropy_bits_mean"), lookup(doc, f"{z_key}.entropy_bits_std")
                 verdict = _compare_phrase(hw, sw, hz, sz, True, ("W separates it better than Z", "Z separates it better than W"))
+                if one_class_repeats(lookup(doc, w_key)) or one_class_repeats(lookup(doc, z_key)):
+                    verdict = "not measurable: the classifier gave every kept generated image the same label in some repeats"
                 items.append(
                     f"<strong>Separability of {esc(name)}, latent size {z}:</strong> H(Y|X) in W "
                     f"{pm(doc, rel, f'{w_key}.entropy_bits_mean', f'{w_key}.entropy_bits_std', '.3f')} bits, in Z "
@@ -859,6 +861,17 @@ def binary_entropy_bits(p: float) -> float:
     return float(-p * math.log2(p) - (1 - p) * math.log2(1 - p))
 
 
+def one_class_repeats(entry: dict | None) -> bool:
+    """Whether any repeat kept samples of one class only (then H = 0 and accuracy = 1 by construction)."""
+    counts = (entry or {}).get("class_counts_per_repeat") or []
+    return any(sum(1 for c in rep if c) < 2 for rep in counts)
+
+
+DEGENERATE_NOTE = ("† In at least one repeat the classifier gave every kept generated image the same label, so the SVM "
+                   "had nothing to separate: H(Y|X) = 0 and accuracy = 1 there by construction (the NVlabs fallback), "
+                   "not a real separation. Train the generator longer or draw more samples.")
+
+
 def section_separability(st: StudyFiles) -> str:
     models = st.models()
     docs = {(a, z): st.eval_doc(a, z, "separability") for a, z in models}
@@ -897,11 +910,14 @@ def section_separability(st: StudyFiles) -> str:
         arch_rank = {a: i for i, a in enumerate(ARCH_ORDER)}
         ordered = sorted(keys, key=lambda k: (-k[0], arch_rank.get(k[1], 9), order.get(k[2], 2)))
         rows, classes = [], []
-        prev_z = None
+        prev_z, degenerate = None, False
         for z, arch, sp in ordered:
             doc, rel = docs.get((arch, z), (None, f"eval/{model_name(arch, z)}/separability.json"))
             k = f"results.{sp}/{name}"
             label = f"{arch_label(arch)}, {sp.upper()}" if sp != "-" else arch_label(arch)
+            if one_class_repeats(lookup(doc, k)):
+                label += " †"
+                degenerate = True
             if doc is None or lookup(doc, k) is None:
                 ours = [Cell("not run", label=True, cls="missing", colspan=4)]
             else:
@@ -928,6 +944,8 @@ def section_separability(st: StudyFiles) -> str:
                  *([L("H(Y|X)"), L("SVM accuracy"), L("max H for that accuracy")] if name == "sex" else [])]]
         parts.append(table(f"table-separability-{name}" if name != attrs[0] else "table-separability", head, rows,
                            f"Linear separability of {esc(title)} (Table 2 layout)", classes))
+        if degenerate:
+            parts.append(f"<p class='box warn'>{esc(DEGENERATE_NOTE)}</p>")
     parts.append("<p class='box'><strong>About the published values.</strong> For a two-class label, H(Y|X) can be at most "
                  "the binary entropy of the error rate, H<sub>b</sub>(1 − accuracy); every H in the reference study's "
                  "Table 2 is above that maximum for its own accuracy (last column, in bits; the bound in nats is lower "
@@ -1026,12 +1044,14 @@ def package_versions(names: Sequence[str] = VERSION_PACKAGES) -> dict[str, str]:
 
 
 def read_benchmarks(root: Path) -> list[dict]:
-    """Every Snakemake benchmark TSV under ``root``: rule, job, file, mean seconds, peak RSS (MB), rows."""
+    """Every Snakemake benchmark TSV under ``root`` (``report.tsv`` excepted): rule, job, file, mean seconds, peak RSS (MB)."""
     import pandas as pd
 
     out = []
     for path in sorted(root.rglob("*.tsv")):
         rel = path.relative_to(root)
+        if rel.as_posix() == "report.tsv":  # the report's own job is still running (or is a previous run's)
+            continue
         rule = "/".join(rel.parts[:-1]) or rel.stem
         job = rel.stem if len(rel.parts) > 1 else ""
         try:
@@ -1082,7 +1102,8 @@ def section_provenance(st: StudyFiles, generated: str) -> str:
                      num(total_s, "benchmarks/**/*.tsv", "sum:s", ".1f"), L(""), L("")])
         parts.append(table("table-runtimes", [[L("rule"), L("jobs"), L("total wall time (s)"), L("longest job (s)"), L("peak memory, max RSS (MB)")]],
                            rows, "Runtime and memory per rule (Snakemake benchmark files)"))
-        parts.append("<p class='note'>Wall times are summed over jobs (jobs may have run in parallel). "
+        parts.append("<p class='note'>Wall times are summed over jobs (jobs may have run in parallel); the report's own job "
+                     "is not included. "
                      "Peak memory is n/a for jobs shorter than Snakemake's sampling interval.</p>")
     else:
         parts.append(not_run("runtime table", "no benchmarks/**/*.tsv (the study was not run through Snakemake)"))

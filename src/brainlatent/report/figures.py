@@ -188,7 +188,7 @@ def path_profiles(
         title: figure title.
     """
     n = max(1, len(panels))
-    fig = _figure(min(4.2 * n, 16), 3.4)
+    fig = _figure(min(max(4.2 * n, 7.0), 16), 3.4 if n > 1 else 4.0)
     axes = np.atleast_1d(fig.subplots(1, n, squeeze=False).ravel())
     for ax, (panel_title, series) in zip(axes, panels):
         for label, stats in series:

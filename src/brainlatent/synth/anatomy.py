@@ -144,7 +144,7 @@ def atrophy(anatomy: SubjectAnatomy, clinical: Clinical) -> tuple[float, float]:
 
 
 def _lesion_radius(rng: np.random.Generator, edss: float) -> float:
-    return float(np.exp(rng.normal(np.log(3.0), 0.35)) * (1.0 + 0.08 * edss))
+    return float(np.exp(rng.normal(np.log(4.0), 0.35)) * (1.0 + 0.12 * edss))
 
 
 def _new_lesions(rng: np.random.Generator, template: Template, n: int, edss: float) -> list[Lesion]:

@@ -111,14 +111,13 @@ class TrainImages:
         if images.ndim != 4 or images.shape[1] != 1 or images.shape[2] != images.shape[3]:
             raise BrainlatentError(f"{slices_dir}/images.npy: shape {images.shape}; expected N x 1 x R x R")
         train = manifest[manifest["split"] == "train"]
-        rows = (train["index"] if "index" in train.columns else train.index).to_numpy(dtype=np.int64)
+        rows = np.sort((train["index"] if "index" in train.columns else train.index).to_numpy(dtype=np.int64))
         if len(rows) == 0:
             raise BrainlatentError(f"{slices_dir}/manifest.parquet: no slice has split 'train'")
-        self.rows = rows
+        self.rows = rows  # position i of the training split = row rows[i] of images.npy
         self.resolution = int(images.shape[-1])
         if len(rows) * images[0].nbytes <= IN_MEMORY_BYTES:
-            self.memory: torch.Tensor | None = torch.from_numpy(np.ascontiguousarray(images[np.sort(rows)], dtype=np.float32))
-            self.rows = np.sort(rows)
+            self.memory: torch.Tensor | None = torch.from_numpy(np.ascontiguousarray(images[rows], dtype=np.float32))
             self.images = None
         else:
             self.memory = None
@@ -439,10 +438,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--zdim", required=True, type=int, help="latent size")
     parser.add_argument("--out", required=True, metavar="DIR", help="run folder (resumed if it has checkpoints)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
 
 
 def run(args: argparse.Namespace) -> None:
     cfg = load_config(args.config)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     try:
         train_gan(cfg, args.slices, args.arch, args.zdim, args.out, device=args.device)
     except TrainingInterrupted as exc:

@@ -1,0 +1,376 @@
+"""Tests of ``brainlatent.preprocess``: orientation, resampling, dtypes, N4, masks, normalisation, errors.
+
+The synthetic head is an analytic function of world coordinates (an ellipsoid "brain" with a
+darker core, a CSF layer, a dark skull shell, a bright scalp shell and a bright marker blob), so the
+same object can be sampled exactly on any grid: RAS, LPS, LAS, oblique or anisotropic.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from brainlatent import cli
+from brainlatent.config import load_config
+from brainlatent.errors import BrainlatentError
+from brainlatent.preprocess import auto_brain_mask, n4_bias_correction, normalise, preprocess_scan, ras_grid
+
+REAL_DIR = Path("/work/shared/data/open_ms_sample/raw")
+
+BRAIN_AXES = np.array([60.0, 75.0, 55.0])  # brain tissue semi-axes (mm)
+CSF_MM, SKULL_MM, SCALP_MM = 3.0, 7.0, 6.0
+MARKER = np.array([25.0, 30.0, 15.0])  # world position (mm) of a bright blob in the right-anterior-superior brain
+
+
+def head_phantom(world: np.ndarray, bias: bool = False) -> np.ndarray:
+    """Intensity of the synthetic head at world points (..., 3) in RAS mm."""
+    r = np.sqrt(((world / BRAIN_AXES) ** 2).sum(-1))  # 1 on the brain surface
+    scale = BRAIN_AXES.mean()
+    out = np.zeros(world.shape[:-1], np.float32)
+    d = (r - 1.0) * scale  # approx. mm outside the brain surface
+    out[d < CSF_MM + SKULL_MM + SCALP_MM] = 0.9  # scalp
+    out[d < CSF_MM + SKULL_MM] = 0.04  # skull
+    out[d < CSF_MM] = 0.12  # CSF
+    out[d < 0] = 0.8  # grey-ish tissue
+    out[r < 0.6] = 0.65  # white-ish core
+    out[np.linalg.norm(world - MARKER, axis=-1) < 6.0] = 1.6
+    if bias:
+        out *= np.exp(0.35 * world[..., 0] / 100.0 + 0.2 * world[..., 2] / 100.0).astype(np.float32)
+    return out
+
+
+def sample(affine: np.ndarray, shape: tuple[int, int, int], bias: bool = False, seed: int = 0) -> np.ndarray:
+    idx = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), axis=-1).astype(float)
+    world = idx @ affine[:3, :3].T + affine[:3, 3]
+    data = head_phantom(world, bias=bias)
+    rng = np.random.default_rng(seed)
+    return np.abs(data + rng.normal(0.0, 0.01, data.shape)).astype(np.float32)
+
+
+def grid_affine(spacing, codes: str = "RAS", tilt_deg: float = 0.0, extent_mm=(200.0, 230.0, 200.0)):
+    """Affine and shape of a grid covering the head, centred on the world origin."""
+    spacing = np.asarray(spacing, dtype=float)
+    shape = tuple(int(np.ceil(e / s)) for e, s in zip(extent_mm, spacing))
+    flips = np.array([1.0 if c in "RAS" else -1.0 for c in codes])
+    c, s = np.cos(np.deg2rad(tilt_deg)), np.sin(np.deg2rad(tilt_deg))
+    rot = np.array([[1, 0, 0], [0, c, -s], [0, s, c]]) @ np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
+    aff = np.eye(4)
+    aff[:3, :3] = rot @ np.diag(flips * spacing)
+    aff[:3, 3] = -aff[:3, :3] @ ((np.array(shape) - 1) / 2.0)
+    return aff, shape
+
+
+def write(path: Path, data: np.ndarray, affine: np.ndarray, dtype=np.float32, slope: float | None = None) -> Path:
+    img = nib.Nifti1Image(data.astype(dtype), affine)
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    if slope is not None:
+        img.header.set_slope_inter(slope, 0.0)
+    nib.save(img, str(path))
+    return path
+
+
+def config(**preprocess) -> dict:
+    base = {"spacing_mm": [3.0, 3.0, 3.0], "field_of_view_mm": [180, 216, 180], "bias_correction": {"iterations": [20, 20]}}
+    base.update(preprocess)
+    return load_config({"preprocess": base})
+
+
+def run_scan(tmp_path: Path, image: Path, cfg: dict, mask: Path | None = None, tag: str = "out") -> tuple[nib.Nifti1Image, nib.Nifti1Image, dict]:
+    out_img, out_mask, qc = tmp_path / f"{tag}.nii.gz", tmp_path / f"{tag}_mask.nii.gz", tmp_path / f"{tag}.png"
+    summary = preprocess_scan(cfg, image, mask, out_img, out_mask, qc)
+    assert qc.exists() and qc.stat().st_size > 1000
+    return nib.load(str(out_img)), nib.load(str(out_mask)), summary
+
+
+def marker_world(img: nib.Nifti1Image, mask: nib.Nifti1Image) -> np.ndarray:
+    """World centroid of the brightest in-mask voxels (the marker blob)."""
+    data = np.where(mask.get_fdata() > 0, img.get_fdata(), -np.inf).ravel()
+    k = max(4, int(0.4 * (4 / 3 * np.pi * 6.0**3) / np.prod(img.header.get_zooms()[:3])))  # ~40 % of the blob
+    hot = np.argsort(data)[-k:]
+    ijk = np.array(np.unravel_index(hot, img.shape), dtype=float).mean(axis=1)
+    return img.affine[:3, :3] @ ijk + img.affine[:3, 3]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    import SimpleITK as sitk
+
+    old = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+    yield
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(old)
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def test_ras_grid_is_the_same_for_flipped_axes():
+    aff, shape = grid_affine([2.0, 2.0, 2.0], "RAS")
+    aff_lps, _ = grid_affine([2.0, 2.0, 2.0], "LPS")
+    assert ras_grid(aff, shape, (1.5, 1.5, 1.5))[1] == ras_grid(aff_lps, shape, (1.5, 1.5, 1.5))[1]
+    np.testing.assert_allclose(ras_grid(aff, shape, (1.5, 1.5, 1.5))[0], ras_grid(aff_lps, shape, (1.5, 1.5, 1.5))[0])
+
+
+ORIENT_CFG = {"normalise": {"method": "zscore"}}  # no clipping: the marker stays the brightest spot
+
+
+@pytest.fixture(scope="module")
+def ras_reference(tmp_path_factory):
+    """The phantom written in RAS and preprocessed: what every other orientation must reproduce."""
+    import SimpleITK as sitk
+
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+    tmp = tmp_path_factory.mktemp("ras")
+    aff, shape = grid_affine([2.0, 2.0, 2.0], "RAS")
+    img, mask, _ = run_scan(tmp, write(tmp / "ras.nii.gz", sample(aff, shape), aff), config(**ORIENT_CFG), tag="ras")
+    return img, mask
+
+
+@pytest.mark.parametrize("codes,tilt", [("LPS", 0.0), ("LAS", 0.0), ("RAS", 10.0)])
+def test_orientations_agree(tmp_path, ras_reference, codes, tilt):
+    cfg = config(**ORIENT_CFG)
+    ref_img, ref_mask = ras_reference
+    aff, shape = grid_affine([2.0, 2.0, 2.0], codes, tilt_deg=tilt)
+    img, mask, summary = run_scan(tmp_path, write(tmp_path / "in.nii.gz", sample(aff, shape), aff), cfg)
+
+    assert nib.aff2axcodes(img.affine) == ("R", "A", "S") == nib.aff2axcodes(mask.affine)
+    assert summary["input"]["orientation"] == "".join(nib.aff2axcodes(aff))
+    assert summary["input"]["oblique"] == (tilt > 0)
+    np.testing.assert_allclose(img.header.get_zooms()[:3], [3.0, 3.0, 3.0])
+    assert img.shape == ref_img.shape == (60, 72, 60)
+    # the marker lands at its true world position in both, within a voxel
+    assert np.linalg.norm(marker_world(img, mask) - MARKER) < 3.0
+    assert np.linalg.norm(marker_world(ref_img, ref_mask) - MARKER) < 3.0
+    # same content voxel by voxel: identical for exact flips, close for a rotation
+    a, b = img.get_fdata(), ref_img.get_fdata()
+    ma, mb = mask.get_fdata() > 0, ref_mask.get_fdata() > 0
+    dice = 2 * (ma & mb).sum() / (ma.sum() + mb.sum())
+    if tilt == 0:
+        np.testing.assert_allclose(img.affine, ref_img.affine)
+        assert dice > 0.99
+        assert np.abs(a - b).mean() < 0.02
+    else:
+        # the box is centred on the mask's centre of mass, which may round to a neighbouring voxel:
+        # compare the two on their common world lattice
+        shift = np.round((img.affine[:3, 3] - ref_img.affine[:3, 3]) / 3.0).astype(int)
+        np.testing.assert_allclose(img.affine[:3, 3] - ref_img.affine[:3, 3], 3.0 * shift, atol=1e-6)
+        assert np.all(np.abs(shift) <= 1)
+        src = tuple(slice(max(0, -k), n - max(0, k)) for k, n in zip(shift, a.shape))
+        dst = tuple(slice(max(0, k), n - max(0, -k)) for k, n in zip(shift, a.shape))
+        a, ma = a[src], ma[src]
+        b, mb = b[dst], mb[dst]
+        dice = 2 * (ma & mb).sum() / (ma.sum() + mb.sum())
+        assert dice > 0.95
+        from scipy import ndimage
+
+        inner = ndimage.binary_erosion(ma & mb, iterations=2)  # away from the partial-volume rim
+        assert np.corrcoef(a[inner], b[inner])[0, 1] > 0.95
+
+
+def test_anisotropic_input_keeps_physical_size(tmp_path):
+    aff, shape = grid_affine([0.7, 0.7, 4.0], "LPS")
+    data = sample(aff, shape)
+    path = write(tmp_path / "thick.nii.gz", np.round(data * 1000), aff, dtype=np.uint16)
+    cfg = config(spacing_mm=[2.0, 2.0, 2.0], field_of_view_mm=[180, 216, 180])
+    img, mask, summary = run_scan(tmp_path, path, cfg)
+    np.testing.assert_allclose(img.header.get_zooms()[:3], [2.0, 2.0, 2.0])
+    assert img.shape == (90, 108, 90)
+    assert summary["input"]["spacing_mm"] == pytest.approx([0.7, 0.7, 4.0], abs=1e-3)
+    # brain tissue (bright) extent along each world axis matches the phantom's 2 x semi-axes
+    data = img.get_fdata()
+    tissue = data > 0.3
+    extent = np.array([(np.ptp(ix) + 1) * 2.0 for ix in np.nonzero(tissue)])
+    assert np.all(np.abs(extent - 2 * BRAIN_AXES) <= np.array([4.0, 4.0, 8.0])), extent
+    # mask volume ~ brain + CSF ellipsoid (the closing may add a little)
+    expected_ml = 4 / 3 * np.pi * np.prod(BRAIN_AXES + CSF_MM) / 1000
+    assert summary["brain_volume_ml"] == pytest.approx(expected_ml, rel=0.12)
+
+
+def test_uint16_scl_slope_matches_float(tmp_path):
+    aff, shape = grid_affine([2.5, 2.5, 2.5], "RAS")
+    raw = np.round(sample(aff, shape) * 2000)  # integers: exact in uint16
+    f32 = write(tmp_path / "f32.nii.gz", raw * 0.5, aff, dtype=np.float32)
+    u16 = write(tmp_path / "u16.nii.gz", raw, aff, dtype=np.uint16, slope=0.5)
+    assert nib.load(str(u16)).get_data_dtype() == np.uint16
+    cfg = config()
+    a, ma, sa = run_scan(tmp_path, f32, cfg, tag="a")
+    b, mb, sb = run_scan(tmp_path, u16, cfg, tag="b")
+    assert sb["input"]["dtype"] == "uint16"
+    np.testing.assert_array_equal(ma.get_fdata(), mb.get_fdata())
+    np.testing.assert_allclose(a.get_fdata(), b.get_fdata(), atol=1e-4)
+    assert a.get_data_dtype() == np.float32 and ma.get_data_dtype() == np.uint8
+
+
+def test_n4_reduces_planted_bias():
+    aff, shape = grid_affine([3.0, 3.0, 3.0], "RAS")
+    clean = sample(aff, shape)
+    biased = sample(aff, shape, bias=True)
+    idx = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), axis=-1) @ aff[:3, :3].T + aff[:3, 3]
+    r = np.sqrt(((idx / BRAIN_AXES) ** 2).sum(-1))
+    uniform = (r > 0.65) & (r < 0.9) & (np.linalg.norm(idx - MARKER, axis=-1) > 9)  # the "grey" shell
+    brain = r < 1.0
+    cv = lambda x: float(x[uniform].std() / x[uniform].mean())  # noqa: E731
+    corrected, bias = n4_bias_correction(biased, brain, np.array([3.0, 3.0, 3.0]), shrink_factor=2, iterations=[50, 40, 30])
+    assert cv(biased) > 3 * cv(clean)  # the planted bias is what dominates the variation
+    assert cv(corrected) < 0.5 * cv(biased)
+    assert np.exp(np.mean(np.log(bias[brain]))) == pytest.approx(1.0, abs=1e-3)
+    # the estimated field follows the planted one
+    planted = np.exp(0.35 * idx[..., 0] / 100.0 + 0.2 * idx[..., 2] / 100.0)
+    assert np.corrcoef(np.log(bias[brain]), np.log(planted[brain]))[0, 1] > 0.9
+
+
+@pytest.mark.parametrize("method", ["percentile", "zscore"])
+def test_normalisation(tmp_path, method):
+    aff, shape = grid_affine([3.0, 3.0, 3.0], "RAS")
+    path = write(tmp_path / "in.nii.gz", sample(aff, shape, bias=True), aff)
+    cfg = config(normalise={"method": method, "lower_percentile": 2.0, "upper_percentile": 98.0})
+    img, mask, summary = run_scan(tmp_path, path, cfg)
+    data, m = img.get_fdata(), mask.get_fdata() > 0
+    assert np.all(data[~m] == 0)
+    if method == "percentile":
+        assert data[m].min() >= 0.0 and data[m].max() <= 1.0
+        assert data[m].max() == pytest.approx(1.0) and data[m].min() == pytest.approx(0.0)
+        assert 0.015 < np.mean(data[m] >= 1.0 - 1e-6) < 0.05  # the top 2 % are clipped
+    else:
+        assert data[m].mean() == pytest.approx(0.0, abs=1e-3)
+        assert data[m].std() == pytest.approx(1.0, abs=1e-3)
+    assert summary["normalise"]["method"] == method
+
+
+def test_normalise_function_errors_on_empty_mask():
+    with pytest.raises(BrainlatentError, match="empty"):
+        normalise(np.ones((4, 4, 4), np.float32), np.zeros((4, 4, 4), bool))
+
+
+def test_auto_mask_excludes_skull_and_scalp():
+    aff, shape = grid_affine([2.0, 2.0, 2.0], "RAS")
+    data = sample(aff, shape)
+    mask = auto_brain_mask(data, np.array([2.0, 2.0, 2.0]))
+    idx = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), axis=-1) @ aff[:3, :3].T + aff[:3, 3]
+    d = (np.sqrt(((idx / BRAIN_AXES) ** 2).sum(-1)) - 1.0) * BRAIN_AXES.mean()
+    assert mask[d < -3].mean() > 0.99  # all brain tissue
+    assert mask[d > CSF_MM + 1].mean() < 0.005  # no skull or scalp
+
+
+def test_table_mask_is_used_and_resampled(tmp_path):
+    aff, shape = grid_affine([2.0, 2.0, 2.0], "RAS")
+    image = write(tmp_path / "in.nii.gz", sample(aff, shape), aff)
+    # the table's mask: a box, written on a different (LPS, 1 mm) grid
+    maff, mshape = grid_affine([1.5, 1.5, 1.5], "LPS")
+    idx = np.stack(np.meshgrid(*[np.arange(n) for n in mshape], indexing="ij"), axis=-1) @ maff[:3, :3].T + maff[:3, 3]
+    box = np.all(np.abs(idx) <= np.array([40.0, 50.0, 30.0]), axis=-1)
+    mask_path = write(tmp_path / "mask.nii.gz", box, maff, dtype=np.uint8)
+    img, mask, summary = run_scan(tmp_path, image, config(mask={"source": "table"}), mask=mask_path)
+    assert summary["mask_source"] == "table"
+    assert summary["brain_volume_ml"] == pytest.approx(80 * 100 * 60 / 1000, rel=0.1)
+    # with source auto the table's mask is ignored
+    _, _, auto = run_scan(tmp_path, image, config(), mask=mask_path, tag="auto")
+    assert auto["mask_source"] == "auto" and auto["brain_volume_ml"] > 1.5 * summary["brain_volume_ml"]
+
+
+# --------------------------------------------------------------------------------------------
+# bad input
+
+
+def _bad_files(tmp_path: Path) -> dict[str, Path]:
+    aff, shape = grid_affine([4.0, 4.0, 4.0], "RAS")
+    good = sample(aff, shape)
+    nan = good.copy()
+    nan[10, 10, 10] = np.nan
+    files = {
+        "nan": write(tmp_path / "nan.nii.gz", nan, aff),
+        "zero": write(tmp_path / "zero.nii.gz", np.zeros(shape), aff),
+        "4d": write(tmp_path / "fourd.nii.gz", np.stack([good, good], axis=-1), aff),
+    }
+    full = write(tmp_path / "full.nii.gz", good, aff).read_bytes()
+    (tmp_path / "truncated.nii.gz").write_bytes(full[: len(full) // 2])
+    files["truncated"] = tmp_path / "truncated.nii.gz"
+    raw = gzip.decompress(full)
+    (tmp_path / "short.nii.gz").write_bytes(gzip.compress(raw[: len(raw) // 2]))
+    files["short"] = tmp_path / "short.nii.gz"
+    return files
+
+
+def test_bad_inputs_raise_naming_the_file(tmp_path):
+    cfg = config()
+    for kind, path in _bad_files(tmp_path).items():
+        out = tmp_path / f"o_{kind}"
+        with pytest.raises(BrainlatentError) as err:
+            preprocess_scan(cfg, path, None, out / "x.nii.gz", out / "m.nii.gz", out / "q.png")
+        assert str(path) in str(err.value), kind
+        assert not out.exists() or not any(out.iterdir()), kind
+
+
+def test_cli_exit_code_and_no_outputs_on_bad_input(tmp_path, capsys):
+    files = _bad_files(tmp_path)
+    cfg = json.dumps({"preprocess": {"spacing_mm": [3, 3, 3]}})
+    for kind in ("nan", "truncated", "4d"):
+        outs = [tmp_path / f"{kind}.out.nii.gz", tmp_path / f"{kind}.mask.nii.gz", tmp_path / f"{kind}.png", tmp_path / f"{kind}.json"]
+        rc = cli.main(
+            ["preprocess", "--config", cfg, "--image", str(files[kind]), "--out-image", str(outs[0]), "--out-mask", str(outs[1]),
+             "--qc", str(outs[2]), "--summary", str(outs[3])]
+        )  # fmt: skip
+        assert rc == 2, kind
+        err = capsys.readouterr().err
+        assert str(files[kind]) in err and "Traceback" not in err
+        assert not any(p.exists() for p in outs), kind
+        assert not list(tmp_path.glob(f".{kind}*.tmp*")), kind
+
+
+def test_cli_writes_outputs_and_summary(tmp_path):
+    aff, shape = grid_affine([2.5, 2.5, 2.5], "LPS")
+    image = write(tmp_path / "sub-01_ses-1.nii.gz", sample(aff, shape), aff)
+    outs = [tmp_path / "p" / "sub-01_ses-1.nii.gz", tmp_path / "p" / "sub-01_ses-1_mask.nii.gz", tmp_path / "qc" / "sub-01_ses-1.png", tmp_path / "s.json"]
+    cfg = json.dumps({"preprocess": {"spacing_mm": [3, 3, 3], "bias_correction": {"enabled": False}}})
+    rc = cli.main(
+        ["preprocess", "--config", cfg, "--image", str(image), "--out-image", str(outs[0]), "--out-mask", str(outs[1]),
+         "--qc", str(outs[2]), "--summary", str(outs[3])]
+    )  # fmt: skip
+    assert rc == 0
+    assert all(p.exists() for p in outs)
+    summary = json.loads(outs[3].read_text())
+    assert summary["scan"] == "sub-01_ses-1"
+    assert summary["output"]["orientation"] == "RAS" and summary["output"]["shape"] == [60, 72, 60]
+    assert summary["bias_field_p1_p99"] == [1.0, 1.0]
+
+
+# --------------------------------------------------------------------------------------------
+# one real clinical scan
+
+
+def _smallest_real_flair() -> Path | None:
+    files = sorted(REAL_DIR.glob("patient*/study*_FLAIR.nii.gz"), key=lambda p: p.stat().st_size) if REAL_DIR.is_dir() else []
+    return files[0] if files else None
+
+
+@pytest.mark.skipif(_smallest_real_flair() is None, reason="open_ms_sample data not available")
+def test_real_flair_scan(tmp_path):
+    """A real thick-slice FLAIR (uint16, oblique LPS, 0.72 x 0.72 x 4 mm, skull and neck present).
+
+    The automatic mask is brain plus the CSF inside the skull. Adult intracranial volume is about
+    1.2-1.7 l; these acquisitions cover the whole cerebrum but their lowest slices may cut the
+    cerebellum, and the mask may keep a little tissue at the skull base, so 900-1900 ml is accepted:
+    a mask that took the scalp or the neck would exceed 2000 ml (the head is about 2100 ml), one
+    that lost a hemisphere would fall under 900 ml.
+    """
+    path = _smallest_real_flair()
+    cfg = config(spacing_mm=[1.5, 1.5, 1.5], bias_correction={"iterations": [50, 40, 30]})
+    img, mask, summary = run_scan(tmp_path, path, cfg)
+    assert summary["input"]["orientation"] == "LPS" and summary["input"]["dtype"] == "uint16"
+    assert nib.aff2axcodes(img.affine) == ("R", "A", "S")
+    np.testing.assert_allclose(img.header.get_zooms()[:3], [1.5, 1.5, 1.5])
+    assert img.shape == (120, 144, 120)
+    assert 900 <= summary["brain_volume_ml"] <= 1900
+    assert summary["brain_volume_ml"] < 0.75 * summary["head_volume_ml"]
+    assert summary["mask_fraction_in_fov"] > 0.98
+    # the mask is one compact blob around the image centre (not a shell of scalp)
+    m = mask.get_fdata() > 0
+    centre = np.array([np.mean(ix) for ix in np.nonzero(m)])
+    assert m[tuple(np.round(centre).astype(int))]
+    assert np.all(np.abs(centre - (np.array(m.shape) - 1) / 2) <= 1.0)

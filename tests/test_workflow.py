@@ -40,8 +40,9 @@ def test_lint_is_clean():
     assert "Congratulations" in result.stdout + result.stderr
 
 
-def test_dry_run_lists_the_data_rules():
-    result = snakemake("-n", "--configfile", "config/config.yaml")
+def test_dry_run_lists_the_data_rules(tmp_path):
+    config, _ = study_config(tmp_path, "config/config.yaml")
+    result = snakemake("-n", "--configfile", str(config))
     assert result.returncode == 0, result.stderr
     for rule in ("synthesize_cohort", "validate_inputs", "slice_dataset", "train_classifier", "train_gan", "report"):
         assert rule in result.stdout

@@ -18,9 +18,10 @@ rule train_classifier:
         f"{LOGS}/train_classifier.log",
     benchmark:
         f"{BENCH}/train_classifier.tsv"
+    threads: CFG["resources"]["gpu_threads"]
     resources:
         **GPU,
     conda:
         ENV
     shell:
-        "brainlatent train-classifier --config {params.config} --slices {params.slices} --out {params.out} 2> {log}"
+        "OMP_NUM_THREADS={threads} brainlatent train-classifier --config {params.config} --slices {params.slices} --out {params.out} 2> {log}"

@@ -17,12 +17,13 @@ rule evaluate_ppl:
         f"{LOGS}/evaluate/ppl/{{arch}}-z{{zdim}}.log",
     benchmark:
         f"{BENCH}/evaluate/ppl/{{arch}}-z{{zdim}}.tsv"
+    threads: CFG["resources"]["gpu_threads"]
     resources:
         **GPU,
     conda:
         ENV
     shell:
-        "brainlatent evaluate --metric {params.metric} --config {params.config} --network {input.network}"
+        "OMP_NUM_THREADS={threads} brainlatent evaluate --metric {params.metric} --config {params.config} --network {input.network}"
         " --classifier {input.classifier} --slices {params.slices} --out {output.json} {params.extra} 2> {log}"
 
 

@@ -16,10 +16,11 @@ rule train_gan:
         f"{LOGS}/train_gan/{{arch}}-z{{zdim}}.log",
     benchmark:
         f"{BENCH}/train_gan/{{arch}}-z{{zdim}}.tsv"
+    threads: CFG["resources"]["gpu_threads"]
     resources:
         **GPU,
     conda:
         ENV
     shell:
-        "brainlatent train-gan --config {params.config} --slices {params.slices} --arch {wildcards.arch}"
+        "OMP_NUM_THREADS={threads} brainlatent train-gan --config {params.config} --slices {params.slices} --arch {wildcards.arch}"
         " --zdim {wildcards.zdim} --out {params.out} 2> {log}"

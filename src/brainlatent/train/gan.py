@@ -142,6 +142,7 @@ class _SigtermFlag:
 
     def __init__(self) -> None:
         self.received = False
+        self._installed = False
         self._previous: Any = None
 
     def _handle(self, signum, frame) -> None:  # noqa: ARG002
@@ -151,11 +152,12 @@ class _SigtermFlag:
     def __enter__(self) -> _SigtermFlag:
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGTERM, self._handle)
+            self._installed = True
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        if self._installed:
+            signal.signal(signal.SIGTERM, self._previous if self._previous is not None else signal.SIG_DFL)
 
 
 def _kimg_name(nimg: int) -> str:

@@ -21,7 +21,9 @@ CONF=/etc/slurm/slurm.conf
 
 say() { echo "slurm-up: $*" >&2; }
 die() { say "error: $2"; exit "$1"; }
-alive() { [[ -s $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
+alive() {  # alive PIDFILE: the pid in it runs the program the file is named after
+    [[ -s $1 ]] && [[ $(cat "/proc/$(cat "$1")/comm" 2>/dev/null) == "$(basename "$1" .pid)" ]]
+}
 
 [[ $(id -u) -eq 0 ]] || die 3 "must run as root (it installs packages and starts daemons)"
 mkdir -p "$STATE"

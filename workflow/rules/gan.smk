@@ -6,8 +6,9 @@ rule train_gan:
         images=f"{SLICES}/images.npy",
         manifest=f"{SLICES}/manifest.parquet",
     output:
+        # log.csv, samples/ and checkpoints/ are not declared: Snakemake deletes the outputs of a
+        # failed or cancelled job, and a resumed run continues the log it finds
         network=f"{S}/gan/{{arch}}-z{{zdim}}/network.pt",
-        log=f"{S}/gan/{{arch}}-z{{zdim}}/log.csv",
     params:
         config=stage_config("gan", "slices"),
         slices=input_folder("manifest"),

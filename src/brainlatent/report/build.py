@@ -679,14 +679,11 @@ def section_classifier(st: StudyFiles) -> str:
     parts.append("<p class='note'>ROC-AUC is n/a when a class is missing from the split. MAE in attribute units = "
                  "|centre of the predicted bin − recorded value| (years for age, EDSS points).</p>")
     curves = st.bytes("classifier/curves.png")
-    if curves is None and st.exists("classifier/history.csv"):
-        hist = st.csv("classifier/history.csv")
-        curves = figures.classifier_curves({c: hist[c].tolist() for c in hist.columns}, heads, lookup(metrics, "best_epoch"))
     if curves is not None:
         parts.append(figure(curves, "Training curves: loss (train, validation) and validation accuracy per head; "
                                     "the dotted line marks the selected epoch.", "classifier training curves", "fig-classifier-curves"))
     else:
-        parts.append(not_run("classifier training curves", "no classifier/curves.png or history.csv"))
+        parts.append(not_run("classifier training curves", "no classifier/curves.png"))
     return "".join(parts)
 
 

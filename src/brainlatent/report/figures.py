@@ -121,28 +121,6 @@ def correlation_heatmap(names: Sequence[str], matrix: np.ndarray, title: str) ->
     return to_png(fig)
 
 
-def classifier_curves(history: Mapping[str, Sequence[float]], heads: Sequence[str], best_epoch: int | None) -> bytes:
-    """Loss and per-head validation accuracy against epoch (for studies without ``curves.png``)."""
-    fig = _figure(10, 3.6)
-    ax_loss, ax_acc = fig.subplots(1, 2)
-    epochs = history["epoch"]
-    for key, label in (("train_loss", "train"), ("val_loss", "val")):
-        if key in history:
-            ax_loss.plot(epochs, history[key], label=label)
-    ax_loss.set(xlabel="epoch", ylabel="loss (sum over heads)", title="loss")
-    for h in heads:
-        if f"val_accuracy_{h}" in history:
-            ax_acc.plot(epochs, history[f"val_accuracy_{h}"], label=h)
-    ax_acc.set(xlabel="epoch", ylabel="accuracy", title="validation accuracy per head", ylim=(0, 1))
-    for ax in (ax_loss, ax_acc):
-        if best_epoch:
-            ax.axvline(best_epoch, color="grey", linestyle=":", label="best")
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return to_png(fig)
-
-
 def gan_training_curves(log: Mapping[str, Sequence[float]], title: str) -> bytes:
     """Three panels against kimg: critic and generator losses, the Wasserstein estimate, the gradient penalty.
 

@@ -127,7 +127,8 @@ class SliceAugment:
     Args:
         rotate_deg: maximum absolute rotation in degrees.
         translate: maximum shift as a fraction of the image size.
-        scale: maximum relative zoom (1 ± scale).
+        scale: maximum relative zoom (1 ± scale). Off by default: head and brain size carry the
+            attributes (sex, atrophy), and the slices keep a fixed mm-per-pixel scale.
         flip_prob: probability of a left-right flip.
         gamma: maximum gamma; gamma is log-uniform in [1/gamma, gamma].
         intensity: maximum relative intensity scale (1 ± intensity), clipped to the range.
@@ -143,7 +144,7 @@ class SliceAugment:
         self,
         rotate_deg: float = 8.0,
         translate: float = 0.05,
-        scale: float = 0.05,
+        scale: float = 0.0,
         flip_prob: float = 0.5,
         gamma: float = 1.25,
         intensity: float = 0.1,

@@ -172,7 +172,8 @@ def _trim_log(path: Path, max_step: int) -> None:
     """Keep the header and rows up to ``max_step`` (rows a killed run wrote after its last checkpoint go)."""
     import pandas as pd
 
-    if not path.exists():
+    if not path.exists():  # e.g. removed by the workflow manager with a failed job's outputs
+        write_table(path, _empty_log())
         return
     try:
         df = pd.read_csv(path)

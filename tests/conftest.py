@@ -30,6 +30,17 @@ def write_head(path: Path, shape=(24, 28, 20), zooms=(2.0, 2.0, 2.0), seed=0, dt
     return path
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tests run torch on one thread (reproducible timings on a shared 2-core machine)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def head_factory(tmp_path):
     def make(name="sub-01.nii.gz", **kwargs):

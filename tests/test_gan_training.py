@@ -23,14 +23,6 @@ RES = 16
 BATCH = 4
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def slices_dir(tmp_path_factory):
     """24 ellipse 'slices' in the slice-dataset format (images.npy + manifest.parquet)."""

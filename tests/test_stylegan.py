@@ -14,14 +14,6 @@ from brainlatent.train.losses import critic_loss, generator_loss, gradient_penal
 TINY = dict(channels_base=64, channels_max=8)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("arch", ["stylegan", "gan"])
 @pytest.mark.parametrize("resolution", [32, 64])
 @pytest.mark.parametrize("z_dim", [32, 64, 128, 512])

@@ -6,7 +6,12 @@
   :mod:`brainlatent.attributes`); a missing value (-1) is masked out of its head's loss. Each
   head's cross-entropy is weighted by inverse train-split class frequency, normalised so the
   average weight of a training sample is 1 (``N / (K_present * n_k)``, sklearn's "balanced");
-  the training loss is the sum of the heads' weighted means.
+  the training loss is the sum over heads of each head's weighted mean **divided by ln K** (its
+  cross-entropy at chance level), so every head starts at 1. Without this the many-class,
+  noisy heads (age, EDSS, MS type bins) dominate the shared trunk and an easy binary head (sex)
+  never leaves the majority class: on the demo cohort, sex validation accuracy stayed at the
+  majority share (0.72) for 6 epochs with plain summed losses and reached 0.92 with the
+  normalisation, close to the 0.91 of a sex-only network.
 * **Model selection**: the epoch with the highest **mean over heads of validation balanced
   accuracy** (heads without validation labels are left out); early stopping after ``patience``
   epochs without a strict improvement.
@@ -104,13 +109,19 @@ def head_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor |
 def total_loss(
     logits: dict[str, torch.Tensor], targets: torch.Tensor, weights: dict[str, torch.Tensor] | None = None
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Sum of the heads' :func:`head_loss` (``targets``: ``N x A`` in head order); also per head."""
+    """Sum over heads of :func:`head_loss` / ln K (``targets``: ``N x A`` in head order).
+
+    Each head's loss is divided by ``ln K`` (``K`` = its number of classes, the cross-entropy of a
+    uniform guess), so heads with many classes do not outweigh binary ones. ``parts`` holds each
+    head's un-normalised cross-entropy.
+    """
     parts = {}
     total = None
     for a, (name, lg) in enumerate(logits.items()):
         loss = head_loss(lg, targets[:, a], None if weights is None else weights[name])
         parts[name] = float(loss.detach())
-        total = loss if total is None else total + loss
+        scaled = loss / math.log(max(lg.shape[1], 2))
+        total = scaled if total is None else total + scaled
     return total, parts
 
 

@@ -18,11 +18,13 @@
 * **Optimisation**: AdamW; learning rate per epoch ``lr * f(epoch)`` with ``f`` cosine (to 0 at
   ``epochs``), step (``lr_gamma`` every ``lr_step_size`` epochs) or constant.
 * **Augmentation** (train only, ``augment: true``): a random affine per slice (rotation ±8°,
-  translation ±5 % of the field of view, scale ±5 %, left-right flip with p = 0.5) and a random
+  translation ±5 % of the field of view, no zoom (size carries sex and atrophy), left-right flip
+  with p = 0.5) and a random
   intensity gamma (0.8–1.25) and scale (±10 %) of the [0, 1]-rescaled image; the background stays -1.
 * **Checkpoints** every epoch in ``<out>/checkpoints/epoch-NNNN.pt`` (model, optimizer, scheduler,
   early-stopping state, the best weights so far, RNG states, history); a restarted job resumes from
-  the newest readable one (a corrupt one is skipped with a warning). On CPU, an interrupted and
+  the newest readable one (:mod:`brainlatent.train.checkpoint`, shared with the GAN trainer: a
+  corrupt one is renamed ``*.corrupt`` with a warning). On CPU, an interrupted and
   resumed run gives the same weights as an uninterrupted one.
 
 Outputs in ``<out>/``: ``model.pt`` (best) and ``last.pt`` (``state_dict``, ``model_config``,
@@ -54,6 +56,7 @@ from brainlatent.attributes import bin_centres, class_names, n_classes
 from brainlatent.config import derive_seed, load_config
 from brainlatent.errors import BrainlatentError
 from brainlatent.models.vgg import VGG16Classifier
+from brainlatent.train.checkpoint import capture_rng_state, load_latest_checkpoint, restore_rng_state, save_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -323,53 +326,11 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> VGG
 # Checkpoints
 
 
+CHECKPOINT_PREFIX = "epoch-"
+
+
 def checkpoint_path(ckpt_dir: Path, epoch: int) -> Path:
-    return ckpt_dir / f"epoch-{epoch:04d}.pt"
-
-
-def list_checkpoints(ckpt_dir: Path) -> list[Path]:
-    """Checkpoint files, newest (highest epoch) first."""
-    if not ckpt_dir.is_dir():
-        return []
-    return sorted(ckpt_dir.glob("epoch-[0-9][0-9][0-9][0-9].pt"), reverse=True)
-
-
-def newest_valid_checkpoint(ckpt_dir: Path) -> tuple[dict, Path] | None:
-    """The newest checkpoint that loads; unreadable ones are skipped with a warning."""
-    for path in list_checkpoints(ckpt_dir):
-        try:
-            ckpt = io.load_torch(path)
-        except BrainlatentError as exc:
-            log.warning("skipping unreadable checkpoint: %s", exc)
-            continue
-        if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT or "model" not in ckpt:
-            log.warning("skipping checkpoint %s: not a classifier checkpoint of format %s", path, CHECKPOINT_FORMAT)
-            continue
-        return ckpt, path
-    return None
-
-
-def _rng_state(generators: dict[str, torch.Generator]) -> dict:
-    np_state = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
-        "python": random.getstate(),
-        **{name: g.get_state() for name, g in generators.items()},
-    }
-
-
-def _set_rng_state(state: dict, generators: dict[str, torch.Generator]) -> None:
-    torch.set_rng_state(state["torch"])
-    if torch.cuda.is_available() and state["cuda"]:
-        torch.cuda.set_rng_state_all(state["cuda"])
-    s = state["numpy"]
-    np.random.set_state(("MT19937", s["keys"].numpy().astype(np.uint32), s["pos"], s["has_gauss"], s["cached_gaussian"]))
-    random.setstate(state["python"])
-    for name, g in generators.items():
-        g.set_state(state[name])
+    return ckpt_dir / f"{CHECKPOINT_PREFIX}{epoch:04d}.pt"
 
 
 def _fingerprint(cfg: dict, datasets: dict) -> dict:
@@ -502,9 +463,10 @@ def train_classifier(cfg: dict, slices_dir: str | Path, out_dir: str | Path) -> 
     state: dict[str, Any] = {"epoch": 0, "best_score": -math.inf, "best_epoch": 0, "since_best": 0, "history": []}
     best_state = _cpu_state(model)
 
-    found = newest_valid_checkpoint(ckpt_dir)
-    if found is not None:
-        ckpt, path = found
+    path, ckpt = load_latest_checkpoint(ckpt_dir, required_keys=("model", "rng", "fingerprint"), prefix=CHECKPOINT_PREFIX)
+    if ckpt is not None:
+        if ckpt.get("format") != CHECKPOINT_FORMAT:
+            raise BrainlatentError(f"{path}: classifier checkpoint format {ckpt.get('format')}, expected {CHECKPOINT_FORMAT}; delete {ckpt_dir} to train afresh")
         if ckpt["fingerprint"] != fingerprint:
             raise BrainlatentError(
                 f"{path}: checkpoint was made with a different classifier config or dataset; "
@@ -515,7 +477,9 @@ def train_classifier(cfg: dict, slices_dir: str | Path, out_dir: str | Path) -> 
         scheduler.load_state_dict(ckpt["scheduler"])
         best_state = ckpt["best_model"]
         state = ckpt["state"]
-        _set_rng_state(ckpt["rng"], gens)
+        restore_rng_state(ckpt["rng"])
+        for name, g in gens.items():
+            g.set_state(ckpt["generators"][name])
         log.info("resumed from %s (epoch %d, best %.4f at epoch %d)", path, state["epoch"], state["best_score"], state["best_epoch"])
 
     augment = SliceAugment() if cc["augment"] else None
@@ -559,13 +523,12 @@ def train_classifier(cfg: dict, slices_dir: str | Path, out_dir: str | Path) -> 
         state["history"].append(row)
         state["epoch"] = epoch
 
-        io.save_torch(checkpoint_path(ckpt_dir, epoch), {
+        save_checkpoint({
             "format": CHECKPOINT_FORMAT, "model": _cpu_state(model), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "best_model": best_state, "state": state,
-            "rng": _rng_state(gens), "fingerprint": fingerprint,
-        })
-        for old in list_checkpoints(ckpt_dir)[cc["keep_checkpoints"]:]:
-            old.unlink(missing_ok=True)
+            "rng": capture_rng_state(), "generators": {name: g.get_state() for name, g in gens.items()},
+            "fingerprint": fingerprint,
+        }, checkpoint_path(ckpt_dir, epoch), keep=cc["keep_checkpoints"], prefix=CHECKPOINT_PREFIX)
         log.info("epoch %d/%d  lr %.2e  train loss %.4f  val loss %.4f  val score %.4f%s  (%.1f s)", epoch, cc["epochs"], lr,
                  row["train_loss"], val_loss, score, "  *" if state["best_epoch"] == epoch else "", row["seconds"])
     if state["since_best"] >= cc["patience"] and state["epoch"] < cc["epochs"]:

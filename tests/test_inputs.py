@@ -216,3 +216,16 @@ def test_config_errors_name_the_key(tmp_path, capsys):
         load_config(cfg)
     text = str(info.value)
     assert "gan.latent_sizes.0: 'x' is not of type 'integer'" in text and "unknown key ('bogus' was unexpected)" in text
+
+
+def test_inline_config_without_a_needed_section_is_a_clear_error(tmp_path, capsys):
+    import json
+
+    table = tmp_path / "scans.csv"
+    table.write_text(HEADER + "s01,,img/a.nii.gz,34,2,RRMS,F\n")
+    out = tmp_path / "o" / "scans.tsv"
+    inline = json.dumps({"inputs": {"source": "table", "table": str(table)}})
+    code = main(["validate-inputs", "--config", inline, "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and "config section 'attributes' is missing from the inline config" in err
+    assert "Traceback" not in err and not out.parent.exists()

@@ -50,6 +50,20 @@ def _fill_defaults(node: dict, value: Any) -> Any:
     return value
 
 
+class PartialConfig(dict):
+    """A config holding only some top-level sections; reading an absent one is a clear error."""
+
+    def __missing__(self, key: str):
+        raise BrainlatentError(
+            f"config section '{key}' is missing from the inline config (it has {sorted(self)}); "
+            f"pass the whole study config as a YAML path, or include '{key}' in the JSON"
+        )
+
+
+# a partial config is written out like any mapping (the report shows the config as YAML)
+yaml.SafeDumper.add_representer(PartialConfig, yaml.representer.SafeRepresenter.represent_dict)
+
+
 def _key_path(error) -> str:
     parts = [str(p) for p in error.absolute_path]
     return ".".join(parts) if parts else "<top level>"
@@ -60,8 +74,8 @@ def validate(config: dict, source: str = "config", partial: bool = False) -> dic
 
     With ``partial=True`` only the top-level sections present are completed and checked (the
     workflow passes each rule the sections it uses, taken from an already validated config); a
-    stage that reads a section it was not given fails loudly with a ``KeyError`` instead of
-    silently using a default.
+    stage that reads a section it was not given fails with a :class:`BrainlatentError` naming the
+    section (see :class:`PartialConfig`) instead of silently using a default.
 
     Raises:
         BrainlatentError: listing every problem with its key path, e.g.
@@ -73,7 +87,7 @@ def validate(config: dict, source: str = "config", partial: bool = False) -> dic
         raise BrainlatentError(f"{source}: expected a mapping of config keys at the top level, got {type(config).__name__}")
     full = _fill_defaults(schema(), config)
     if partial:
-        full = {key: value for key, value in full.items() if key in config}
+        full = PartialConfig((key, value) for key, value in full.items() if key in config)
     validator = jsonschema.Draft202012Validator(schema())
     problems = []
     for err in sorted(validator.iter_errors(full), key=lambda e: list(map(str, e.absolute_path))):

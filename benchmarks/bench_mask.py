@@ -2,8 +2,10 @@
 
 For every scan of a synthetic study that has been preprocessed, the true brain mask (written by
 the cohort generator in the scan's own space) is resampled (nearest neighbour) onto the
-preprocessed grid and compared with the automatic mask: Dice, volume ratio. Prints one row per
-site and the overall median.
+preprocessed grid and compared with the automatic mask: Dice, volume ratio (auto / true). Prints
+one row per site (Dice median/min, volume ratio median/min/max and the share of scans above 1.15,
+i.e. leaking into scalp or neck) and the overall median. The study must have been preprocessed with
+``preprocess.mask.source: auto``.
 
     python benchmarks/bench_mask.py results/demo
 """
@@ -45,7 +47,9 @@ def main() -> int:
         return 2
     df = pd.DataFrame(rows)
     table = df.groupby("site").agg(scans=("dice", "size"), dice_median=("dice", "median"), dice_min=("dice", "min"),
-                                   volume_ratio_median=("volume_ratio", "median"))
+                                   volume_ratio_median=("volume_ratio", "median"), volume_ratio_min=("volume_ratio", "min"),
+                                   volume_ratio_max=("volume_ratio", "max"),
+                                   share_over_1_15=("volume_ratio", lambda r: float((r > 1.15).mean())))
     print(table.to_string(float_format=lambda v: f"{v:.3f}"))
     print(f"all {len(df)} scans: Dice median {df['dice'].median():.3f}, 5th percentile {df['dice'].quantile(0.05):.3f}, "
           f"volume ratio median {df['volume_ratio'].median():.3f}")

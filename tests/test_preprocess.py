@@ -258,6 +258,38 @@ def test_auto_mask_excludes_skull_and_scalp():
     assert mask[d > CSF_MM + 1].mean() < 0.005  # no skull or scalp
 
 
+def thin_gap_head(world: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A harder head: 1.5 mm of dark CSF, a grey (not dark) 3.5 mm skull, a bright scalp, a neck
+    block touching the scalp from below and a left-right bias field; returns (image, true brain)."""
+    r = np.sqrt(((world / BRAIN_AXES) ** 2).sum(-1))
+    d = (r - 1.0) * BRAIN_AXES.mean()
+    out = np.zeros(world.shape[:-1], np.float32)
+    out[(np.abs(world[..., 0]) < 45) & (np.abs(world[..., 1] + 10) < 40) & (world[..., 2] < -30)] = 0.45  # neck
+    out[d < 10.0] = 0.95  # scalp
+    out[d < 5.0] = 0.5  # skull, as bright as partial-volume tissue
+    out[d < 1.5] = 0.12  # a thin CSF gap
+    out[d < 0] = 0.8
+    out[r < 0.6] = 0.65
+    out *= np.exp(0.4 * world[..., 0] / 100.0).astype(np.float32)
+    return out, d < 0
+
+
+def test_auto_mask_does_not_leak_through_a_thin_gap_or_into_the_neck():
+    """The thin dark gap is the only barrier between brain and scalp, and the scalp touches a neck
+    block: a mask that crosses the gap takes the scalp and the neck (about 1.5 x the brain)."""
+    spacing = 1.5
+    aff = np.diag([spacing, spacing, spacing, 1.0])
+    aff[:3, 3] = [-105.0, -120.0, -130.0]
+    shape = (140, 160, 150)
+    world = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), axis=-1) @ aff[:3, :3].T + aff[:3, 3]
+    data, brain = thin_gap_head(world)
+    data = np.abs(data + np.random.default_rng(0).normal(0.0, 0.01, data.shape)).astype(np.float32)
+    mask = auto_brain_mask(data, np.array([spacing] * 3))
+    assert mask.sum() / brain.sum() == pytest.approx(1.0, abs=0.05)
+    assert 2 * (mask & brain).sum() / (mask.sum() + brain.sum()) > 0.97
+    assert not mask[world[..., 2] < -BRAIN_AXES[2] - 6.0].any()  # nothing in the neck
+
+
 def test_table_mask_is_used_and_resampled(tmp_path):
     aff, shape = grid_affine([2.0, 2.0, 2.0], "RAS")
     image = write(tmp_path / "in.nii.gz", sample(aff, shape), aff)

@@ -237,6 +237,34 @@ def test_head_metrics_baseline_confusion_and_auc():
     assert absent["roc_auc_macro_ovr"] is None  # class 2 absent
 
 
+def test_head_metrics_balanced_accuracy_uses_the_balanced_decision():
+    attr = {"name": "sex", "kind": "categorical", "levels": ["F", "M"]}
+    y = np.array([0, 0, 0, 1])
+    adjusted = np.array([[0.9, 0.1], [0.8, 0.2], [0.7, 0.3], [0.6, 0.4]])  # always the majority class
+    balanced = np.array([[0.6, 0.4], [0.4, 0.6], [0.7, 0.3], [0.2, 0.8]])
+    m = head_metrics(attr, y, adjusted, majority_class=0, balanced_proba=balanced)
+    assert m["accuracy"] == pytest.approx(3 / 4) and m["confusion_matrix"] == [[3, 0], [1, 0]]
+    assert m["balanced_accuracy"] == pytest.approx((2 / 3 + 1) / 2)
+    assert m["chance_balanced_accuracy"] == pytest.approx(1 / 2)
+
+
+def test_class_priors_shift_the_logits_by_the_log_train_frequencies():
+    torch.manual_seed(0)
+    net = VGG16Classifier({"age": 3, "sex": 2}, width=4, fc_width=8).eval()
+    x = torch.rand(5, 1, 32, 32) * 2 - 1
+    before = net(x)
+    assert all(torch.equal(before[k], v) for k, v in net(x, adjust_prior=False).items())  # no prior set: the same
+    net.set_class_priors({"age": [6, 2, 0], "sex": [0, 0]})
+    assert torch.allclose(net.class_prior("age"), torch.tensor([7 / 11, 3 / 11, 1 / 11]))
+    assert torch.allclose(net.class_prior("sex"), torch.tensor([0.5, 0.5]))  # no labels: uniform
+    after, balanced = net(x), net(x, adjust_prior=False)
+    assert torch.allclose(balanced["age"], before["age"])
+    assert torch.allclose(after["age"], balanced["age"] + torch.log(torch.tensor([7 / 11, 3 / 11, 1 / 11])))
+    assert torch.allclose(torch.softmax(after["sex"], 1), torch.softmax(balanced["sex"], 1))
+    with pytest.raises(BrainlatentError, match="'age': 2 class counts for 3 classes"):
+        net.set_class_priors({"age": [1, 2]})
+
+
 def test_augment_keeps_background_and_range():
     x = torch.full((4, 1, 32, 32), -1.0)
     x[:, :, 10:22, 10:22] = 0.3
@@ -332,6 +360,9 @@ def test_training_learns_and_writes_outputs(slices, tmp_path):
 
     net = load_classifier(out / "model.pt")
     assert not net.training and net.config["width"] == 8
+    for head, counts in on_disk["train_class_counts"].items():  # the stored prior is the train split's
+        c = torch.tensor(counts, dtype=torch.float32)
+        assert torch.allclose(net.class_prior(head), (c + 1) / (c.sum() + len(c)))
     images = np.load(slices / "images.npy")[:4]
     with torch.no_grad():
         assert net(torch.from_numpy(images))["age"].shape == (4, 3)

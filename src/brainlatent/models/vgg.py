@@ -8,6 +8,15 @@ optional batch-norm and ReLU, a 2x2 max-pool after every block. Instead of flatt
 study's data-specific perceptual space; one linear head per attribute gives the class logits
 (every head is categorical, see :mod:`brainlatent.attributes`).
 
+**Class priors.** The trainer fits the heads with class-balanced (inverse-frequency) weights, so
+the heads' own logits are those of a classifier for a uniform class prior. Each head keeps the
+log class frequencies of the training split as a buffer (``log_prior_<name>``, set by
+:meth:`VGG16Classifier.set_class_priors`), and :meth:`VGG16Classifier.forward` adds them: its
+logits are the posterior under the data's own class frequencies (prior-shift correction, Saerens
+et al. 2002; "logit adjustment", Menon et al. 2021), the right labels for images drawn from the
+data distribution, such as a generator's. ``forward(x, adjust_prior=False)`` gives the balanced
+logits the training loss uses. With no priors set (all zero) both are the same.
+
 ImageNet VGG-16 weights can be loaded from a user-supplied state-dict file (torchvision layout,
 ``features.N.weight``; also the ``lpips`` package's ``net.sliceK.N.weight``); nothing is ever
 downloaded.
@@ -163,6 +172,8 @@ class VGG16Classifier(nn.Module):
             nn.Dropout(dropout),
         )
         self.heads = nn.ModuleDict({name: nn.Linear(fc_width, k) for name, k in self.config["heads"].items()})
+        for name, k in self.config["heads"].items():
+            self.register_buffer(f"log_prior_{name}", torch.zeros(k))
         self.reset_parameters()
 
     @property
@@ -200,10 +211,36 @@ class VGG16Classifier(nn.Module):
         pooled = self.gap(self.pool(feats[-1])).flatten(1)
         return self.fc(pooled)
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``{attribute: N x K logits}``."""
+    def set_class_priors(self, counts: Mapping[str, list[int]]) -> None:
+        """Store each head's log class prior from its training class counts (add-one smoothed).
+
+        ``log((n_k + 1) / (N + K))``: a class absent from training keeps a small prior, and a head
+        without any labels gets the uniform prior (no adjustment).
+
+        Example:
+            >>> net = VGG16Classifier({"sex": 2}, width=4, fc_width=8)
+            >>> net.set_class_priors({"sex": [5, 1]})
+            >>> net.class_prior("sex").tolist()
+            [0.75, 0.25]
+        """
+        for name, k in self.config["heads"].items():
+            c = torch.as_tensor(list(counts.get(name, [0] * k)), dtype=torch.float64)
+            if c.numel() != k:
+                raise BrainlatentError(f"classifier head '{name}': {c.numel()} class counts for {k} classes")
+            buf = getattr(self, f"log_prior_{name}")
+            buf.copy_(torch.log((c + 1.0) / (c.sum() + k)).to(buf))
+
+    def class_prior(self, name: str) -> torch.Tensor:
+        """Head ``name``'s class prior (probabilities, ``K``)."""
+        return getattr(self, f"log_prior_{name}").exp()
+
+    def forward(self, x: torch.Tensor, adjust_prior: bool = True) -> dict[str, torch.Tensor]:
+        """``{attribute: N x K logits}``: posterior logits under the training class frequencies
+        (``adjust_prior=True``) or the class-balanced logits the heads are trained on."""
         z = self.embed(x)
-        return {name: head(z) for name, head in self.heads.items()}
+        if not adjust_prior:
+            return {name: head(z) for name, head in self.heads.items()}
+        return {name: head(z) + getattr(self, f"log_prior_{name}") for name, head in self.heads.items()}
 
     def load_imagenet_weights(self, path: str | Path) -> None:
         """Copy ImageNet VGG-16 convolution weights from a state-dict file into the trunk.

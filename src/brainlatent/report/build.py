@@ -666,6 +666,7 @@ def section_classifier(st: StudyFiles) -> str:
                 rows.append([L(h if first else ""), L(split), L(which), num(lookup(metrics, f"{k}.n"), src, f"{k}.n", "d"),
                              num(lookup(metrics, f"{k}.accuracy"), src, f"{k}.accuracy", ".3f"),
                              num(lookup(metrics, f"{k}.balanced_accuracy"), src, f"{k}.balanced_accuracy", ".3f"),
+                             num(lookup(metrics, f"{k}.chance_balanced_accuracy"), src, f"{k}.chance_balanced_accuracy", ".3f"),
                              num(lookup(metrics, f"{k}.roc_auc_macro_ovr"), src, f"{k}.roc_auc_macro_ovr", ".3f"),
                              num(lookup(metrics, f"{k}.majority_baseline_accuracy"), src, f"{k}.majority_baseline_accuracy", ".3f"),
                              num(lookup(metrics, f"{k}.mae_centre_vs_true_value"), src, f"{k}.mae_centre_vs_true_value", ".2f")
@@ -673,10 +674,12 @@ def section_classifier(st: StudyFiles) -> str:
                 classes.append("group-start" if first else "")
                 first = False
     parts.append(table("table-classifier-detail",
-                       [[L("attribute"), L("split"), L("model"), L("n"), L("accuracy"), L("balanced accuracy"),
+                       [[L("attribute"), L("split"), L("model"), L("n"), L("accuracy"), L("balanced accuracy"), L("chance (1/K)"),
                          L("ROC-AUC (macro one-vs-rest)"), L("majority-class accuracy"), L("MAE in attribute units")]],
                        rows, "Every head: accuracy, balanced accuracy and ROC-AUC", classes))
-    parts.append("<p class='note'>ROC-AUC is n/a when a class is missing from the split. MAE in attribute units = "
+    parts.append("<p class='note'>Accuracy, ROC-AUC and MAE score the labels the classifier gives (the posterior under the "
+                 "training split's class frequencies); balanced accuracy scores the class-balanced decision (no class prior) "
+                 "and is to be compared with chance, 1/K. ROC-AUC is n/a when a class is missing from the split. MAE in attribute units = "
                  "|centre of the predicted bin − recorded value| (years for age, EDSS points).</p>")
     curves = st.bytes("classifier/curves.png")
     if curves is not None:

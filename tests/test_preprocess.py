@@ -290,6 +290,27 @@ def test_auto_mask_does_not_leak_through_a_thin_gap_or_into_the_neck():
     assert not mask[world[..., 2] < -BRAIN_AXES[2] - 6.0].any()  # nothing in the neck
 
 
+def test_auto_mask_keeps_the_dark_side_of_a_strong_bias_field():
+    """The anterior half of the head is 4x darker (a very strong bias field, as at a 4 mm site):
+    a global head threshold loses the dark scalp there, the head surface cuts into the brain and
+    the brain mask lost about 10 % of the brain; the head threshold now follows the field."""
+    spacing = 1.5
+    aff = np.diag([spacing, spacing, spacing, 1.0])
+    aff[:3, 3] = [-105.0, -120.0, -100.0]
+    shape = (140, 160, 135)
+    world = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), axis=-1) @ aff[:3, :3].T + aff[:3, 3]
+    data = head_phantom(world)
+    data[data == np.float32(0.9)] = 0.5  # a dimmer scalp
+    data = data * 4.0 ** -np.clip((world[..., 1] + 40.0) / 40.0, 0.0, 1.0)  # 1 behind y = -40 mm, 1/4 in front of y = 0
+    data = np.abs(data + np.random.default_rng(0).normal(0.0, 0.03, data.shape)).astype(np.float32)
+    d = (np.sqrt(((world / BRAIN_AXES) ** 2).sum(-1)) - 1.0) * BRAIN_AXES.mean()
+    brain = d < 0
+    mask = auto_brain_mask(data, np.array([spacing] * 3))
+    assert (mask & brain).sum() / brain.sum() >= 0.95  # was 0.90 with a global head threshold
+    assert mask.sum() / brain.sum() < 1.05
+    assert mask[d > CSF_MM + 1].mean() < 0.005  # no skull or scalp
+
+
 def test_table_mask_is_used_and_resampled(tmp_path):
     aff, shape = grid_affine([2.0, 2.0, 2.0], "RAS")
     image = write(tmp_path / "in.nii.gz", sample(aff, shape), aff)

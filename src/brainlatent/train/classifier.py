@@ -25,6 +25,11 @@
   after ``patience`` epochs without a strict improvement.
 * **Optimisation**: AdamW; learning rate per epoch ``lr * f(epoch)`` with ``f`` cosine (to 0 at
   ``epochs``), step (``lr_gamma`` every ``lr_step_size`` epochs) or constant.
+* **Weight averaging** (``ema_decay`` > 0): an exponential moving average of the weights and
+  batch-norm statistics, updated after every optimizer step (``torch.optim.swa_utils``; decay
+  ``min(ema_decay, (1 + n) / (10 + n))`` after ``n`` updates), is the model that is validated,
+  selected and saved. Without it the validation scores of successive
+  epochs jumped (demo cohort: sex validation accuracy 0.73, 0.37, 0.76 in epochs 7-9).
 * **Augmentation** (train only, ``augment: true``): a random affine per slice (rotation ±8°,
   translation ±5 % of the field of view, no zoom (size carries sex and atrophy), left-right flip
   with p = 0.5) and a random
@@ -72,7 +77,7 @@ log = logging.getLogger(__name__)
 SELECTION = "highest mean over heads of validation balanced accuracy"
 #: config keys that may change between an interrupted run and its resumption
 RESUMABLE_CHANGES = ("epochs", "patience", "keep_checkpoints")
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2
 
 
 # ------------------------------------------------------------------------------------------------
@@ -487,8 +492,10 @@ def train_classifier(cfg: dict, slices_dir: str | Path, out_dir: str | Path) -> 
     model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cc["lr"], weight_decay=cc["weight_decay"])
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cc))
+    ema = weight_average(model, cc["ema_decay"])
+    scored = model if ema is None else ema.module  # the model that is validated, selected and saved
     state: dict[str, Any] = {"epoch": 0, "best_score": -math.inf, "best_epoch": 0, "since_best": 0, "history": []}
-    best_state = _cpu_state(model)
+    best_state = _cpu_state(scored)
 
     path, ckpt = load_latest_checkpoint(ckpt_dir, required_keys=("model", "rng", "fingerprint"), prefix=CHECKPOINT_PREFIX)
     if ckpt is not None:
@@ -500,6 +507,8 @@ def train_classifier(cfg: dict, slices_dir: str | Path, out_dir: str | Path) -> 
                 f"delete {ckpt_dir} to train afresh (only {', '.join(RESUMABLE_CHANGES)} may change between runs)"
             )
         model.load_state_dict(ckpt["model"])
+        if ema is not None:
+            ema.load_state_dict(ckpt["ema"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         best_state = ckpt["best_model"]
@@ -529,18 +538,20 @@ def train_classifier(cfg: dict, slices_dir: str | Path, out_dir: str | Path) -> 
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if ema is not None:
+                ema.update_parameters(model)
             sums["loss"] += float(loss.detach()) * len(x)
             for n in names:
                 sums[n] += parts[n] * len(x)
             n_seen += len(x)
         scheduler.step()
 
-        val_loss, _, val_balanced, val_acc = _eval_split(model, datasets["val"], weights, cc["batch_size"], device)
+        val_loss, _, val_balanced, val_acc = _eval_split(scored, datasets["val"], weights, cc["batch_size"], device)
         score = selection_score(datasets["val"].targets, val_balanced) if len(datasets["val"]) else float("nan")
         if math.isnan(score) or score > state["best_score"]:  # without validation labels the newest epoch is best
             state["best_epoch"], state["since_best"] = epoch, 0
             state["best_score"] = state["best_score"] if math.isnan(score) else score
-            best_state = _cpu_state(model)
+            best_state = _cpu_state(scored)
         else:
             state["since_best"] += 1
         row = {"epoch": epoch, "lr": lr, "train_loss": sums["loss"] / n_seen, "val_loss": val_loss, "val_score": score}
@@ -551,7 +562,8 @@ def train_classifier(cfg: dict, slices_dir: str | Path, out_dir: str | Path) -> 
         state["epoch"] = epoch
 
         save_checkpoint({
-            "format": CHECKPOINT_FORMAT, "model": _cpu_state(model), "optimizer": optimizer.state_dict(),
+            "format": CHECKPOINT_FORMAT, "model": _cpu_state(model), "ema": None if ema is None else ema.state_dict(),
+            "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "best_model": best_state, "state": state,
             "rng": capture_rng_state(), "generators": {name: g.get_state() for name, g in gens.items()},
             "fingerprint": fingerprint,
@@ -561,11 +573,42 @@ def train_classifier(cfg: dict, slices_dir: str | Path, out_dir: str | Path) -> 
     if state["since_best"] >= cc["patience"] and state["epoch"] < cc["epochs"]:
         log.info("early stop after epoch %d: no improvement for %d epochs", state["epoch"], cc["patience"])
 
-    return _finish(cfg, model, best_state, state, datasets, weights, majority, train_counts, device, out_dir)
+    return _finish(cfg, scored, best_state, state, datasets, weights, majority, train_counts, device, out_dir)
+
+
+def ema_decay_at(decay: float, n_averaged: int) -> float:
+    """Decay of the weight average after ``n_averaged`` updates: ``min(decay, (1 + n) / (10 + n))``.
+
+    The warm-up (as in TensorFlow's ``ExponentialMovingAverage`` with ``num_updates``) keeps the
+    average from clinging to the random initialisation when there are few steps per epoch.
+
+    Example:
+        >>> round(ema_decay_at(0.99, 0), 3), round(ema_decay_at(0.99, 90), 3), ema_decay_at(0.99, 10_000)
+        (0.1, 0.91, 0.99)
+    """
+    return min(decay, (1.0 + n_averaged) / (10.0 + n_averaged))
+
+
+def weight_average(model: VGG16Classifier, decay: float):
+    """A moving average of ``model``'s weights and buffers (``torch.optim.swa_utils.AveragedModel``,
+    decay :func:`ema_decay_at`); ``None`` when ``decay`` is 0."""
+    if decay <= 0:
+        return None
+    from torch.optim.swa_utils import AveragedModel
+
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n_averaged) -> None:
+        d = ema_decay_at(decay, int(n_averaged))
+        for a, c in zip(averaged, current):
+            if a.is_floating_point():
+                a.lerp_(c, 1.0 - d)
+            else:
+                a.copy_(c)  # counters (batch-norm num_batches_tracked)
+
+    return AveragedModel(model, multi_avg_fn=update, use_buffers=True)
 
 
 def _finish(cfg, model, best_state, state, datasets, weights, majority, train_counts, device, out_dir: Path) -> dict:
-    """Score best and last models on val and test; write every output."""
+    """Score best and last models on val and test; write every output (``model`` = the scored one)."""
     cc, attrs = cfg["classifier"], cfg["attributes"]
     last_state = _cpu_state(model)
     results: dict[str, Any] = {}

@@ -651,8 +651,9 @@ def section_classifier(st: StudyFiles) -> str:
         + ", ".join(f"{esc(k)} {num(v, src, f'n_slices.{k}', 'd')}" for k, v in n_slices.items()) + ".</p>",
         table("table-classifier", [head_row], rows, "Attribute classifier (Table 1 layout)", classes),
         "<p class='note'>Published numbers are the reference study's validation scores on 7 542 real multi-site scans; "
-        "ours depend on this study's data and size. A score no better than the baseline row means the head learned "
-        "nothing beyond the class frequencies.</p>",
+        "ours depend on this study's data and size. An accuracy no better than the baseline row means the head's labels "
+        "add nothing to the class frequencies; a balanced accuracy above chance (next table) can still show weak "
+        "information that the class prior outweighs.</p>",
     ]
     # detail table: every head, split and model
     rows, classes = [], []

@@ -227,12 +227,16 @@ class VGG16Classifier(nn.Module):
             c = torch.as_tensor(list(counts.get(name, [0] * k)), dtype=torch.float64)
             if c.numel() != k:
                 raise BrainlatentError(f"classifier head '{name}': {c.numel()} class counts for {k} classes")
-            buf = getattr(self, f"log_prior_{name}")
+            buf = self.log_class_prior(name)
             buf.copy_(torch.log((c + 1.0) / (c.sum() + k)).to(buf))
+
+    def log_class_prior(self, name: str) -> torch.Tensor:
+        """Head ``name``'s log class prior, the buffer ``log_prior_<name>`` (``K``)."""
+        return getattr(self, f"log_prior_{name}")
 
     def class_prior(self, name: str) -> torch.Tensor:
         """Head ``name``'s class prior (probabilities, ``K``)."""
-        return getattr(self, f"log_prior_{name}").exp()
+        return self.log_class_prior(name).exp()
 
     def forward(self, x: torch.Tensor, adjust_prior: bool = True) -> dict[str, torch.Tensor]:
         """``{attribute: N x K logits}``: posterior logits under the training class frequencies
@@ -240,7 +244,7 @@ class VGG16Classifier(nn.Module):
         z = self.embed(x)
         if not adjust_prior:
             return {name: head(z) for name, head in self.heads.items()}
-        return {name: head(z) + getattr(self, f"log_prior_{name}") for name, head in self.heads.items()}
+        return {name: head(z) + self.log_class_prior(name) for name, head in self.heads.items()}
 
     def load_imagenet_weights(self, path: str | Path) -> None:
         """Copy ImageNet VGG-16 convolution weights from a state-dict file into the trunk.

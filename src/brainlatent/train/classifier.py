@@ -411,7 +411,7 @@ def _eval_split(model, ds, weights, batch_size, device) -> tuple[float, dict[str
         uniform prior; accuracy per head of the prior-adjusted decision).
     """
     logits = _predict(model, ds, batch_size, device, adjust_prior=False)
-    log_prior = {k: getattr(model, f"log_prior_{k}").double().cpu().numpy() for k in logits}
+    log_prior = {k: model.log_class_prior(k).double().cpu().numpy() for k in logits}
     proba = {k: _softmax(v + log_prior[k]) for k, v in logits.items()}
     balanced = {k: _softmax(v) for k, v in logits.items()}
     if len(ds) == 0:

@@ -405,9 +405,10 @@ def head_field(image: np.ndarray, spacing: np.ndarray, sigma_mm: float = HEAD_FI
     sigma = sigma_mm / (spacing * 2.0)
     num = ndimage.gaussian_filter(block_mean(image * m, factors), sigma, mode="constant")
     den = ndimage.gaussian_filter(block_mean(m, factors), sigma, mode="constant")
-    field = np.where(den > 0.05, num / np.maximum(den, 1e-6), np.nan)
-    field = ndimage.zoom(np.nan_to_num(field, nan=0.0), 2, order=1)[: image.shape[0], : image.shape[1], : image.shape[2]]
-    valid = ndimage.zoom((den > 0.05).astype(np.float32), 2, order=0)[: image.shape[0], : image.shape[1], : image.shape[2]] > 0
+    covered = den > 0.05
+    crop = tuple(slice(0, n) for n in image.shape)
+    field = ndimage.zoom(np.where(covered, num / np.maximum(den, 1e-6), 0.0), 2, order=1)[crop]
+    valid = ndimage.zoom(covered.astype(np.float32), 2, order=0)[crop] > 0
     ref = float(np.percentile(field[(m > 0) & valid], 95)) if np.any((m > 0) & valid) else 0.0
     if ref <= 0:
         return np.ones(image.shape, np.float32)

@@ -67,6 +67,14 @@ def make_slices(path: Path, n_per_split=(60, 24, 24), res: int = 32, seed: int =
     return path
 
 
+def stage_json(cfg: dict) -> str:
+    """What the workflow passes the stage: its view of the completed config, as inline JSON."""
+    from brainlatent.config import load_config
+    from brainlatent.stage_keys import stage_view
+
+    return json.dumps(stage_view(load_config(cfg), "train_classifier"))
+
+
 def tiny_cfg(seed: int = 1, **classifier) -> dict:
     cc = {"width": 4, "fc_width": 16, "epochs": 2, "batch_size": 16, "lr": 3e-3, "dropout": 0.5, "augment": True}
     cc.update(classifier)
@@ -313,7 +321,7 @@ def test_continue_from_two_to_four_epochs_in_a_fresh_call(slices, tmp_path, capl
     part = tmp_path / "part"
     train_classifier(tiny_cfg(epochs=2, lr_schedule="constant"), slices, part)
     with caplog.at_level(logging.INFO, logger="brainlatent.train.classifier"):
-        rc = main(["train-classifier", "--config", json.dumps(tiny_cfg(epochs=4, lr_schedule="constant")),
+        rc = main(["train-classifier", "--config", stage_json(tiny_cfg(epochs=4, lr_schedule="constant")),
                    "--slices", str(slices), "--out", str(part)])
     assert rc == 0
     assert any("resumed from" in r.getMessage() and "epoch-0002.pt" in r.getMessage() for r in caplog.records)
@@ -335,11 +343,18 @@ def test_corrupt_newest_checkpoint_is_skipped(slices, tmp_path, caplog):
     assert_same_weights(reference, weights_of(out / "last.pt"))
 
 
-def test_changed_config_refuses_to_resume(slices, tmp_path):
-    out = tmp_path / "out"
+def test_changed_config_sets_old_checkpoints_aside_and_trains_afresh(slices, tmp_path, caplog):
+    """A checkpoint made with other settings is never resumed: it is moved aside (not deleted), the
+    log names what changed, and the result equals a fresh run with the new settings."""
+    out, fresh = tmp_path / "out", tmp_path / "fresh"
     train_classifier(tiny_cfg(epochs=1), slices, out)
-    with pytest.raises(BrainlatentError, match="different classifier config"):
-        train_classifier(tiny_cfg(epochs=2, width=8), slices, out)
+    with caplog.at_level(logging.WARNING, logger="brainlatent.train.checkpoint"):
+        train_classifier(tiny_cfg(epochs=1, lr=1e-3), slices, out)
+    assert any("classifier.lr changed" in r.getMessage() and "checkpoints.stale-1" in r.getMessage() for r in caplog.records)
+    assert list((out / "checkpoints.stale-1").glob("epoch-*.pt"))
+    train_classifier(tiny_cfg(epochs=1, lr=1e-3), slices, fresh)
+    assert_same_weights(weights_of(fresh / "last.pt"), weights_of(out / "last.pt"))
+    assert torch.load(out / "model.pt", weights_only=True)["fingerprint"] == torch.load(fresh / "model.pt", weights_only=True)["fingerprint"]
 
 
 def test_training_learns_and_writes_outputs(slices, tmp_path):
@@ -378,6 +393,6 @@ def test_load_classifier_rejects_other_files(tmp_path):
 def test_cli_reports_missing_dataset(tmp_path, capsys):
     from brainlatent.cli import main
 
-    rc = main(["train-classifier", "--config", json.dumps(tiny_cfg()), "--slices", str(tmp_path / "none"), "--out", str(tmp_path / "o")])
+    rc = main(["train-classifier", "--config", stage_json(tiny_cfg()), "--slices", str(tmp_path / "none"), "--out", str(tmp_path / "o")])
     assert rc == 2
     assert "images.npy" in capsys.readouterr().err

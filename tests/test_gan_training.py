@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 
 import numpy as np
@@ -137,15 +138,44 @@ def test_corrupt_newest_checkpoint_is_skipped(finished_run, tmp_path, caplog):
     assert [p.name for p in list_checkpoints(ckpts)] == ["ckpt-000000.016.pt"]
 
 
-def test_resume_refuses_a_different_generator(finished_run, slices_dir, tmp_path):
+def test_changed_lr_trains_a_different_network_from_scratch(finished_run, slices_dir, tmp_path, caplog):
+    """Rerunning with another gan.lr never resumes the old checkpoints: they are moved aside (not
+    deleted), the log names the change, and the network equals a fresh run with the new lr."""
     out = tmp_path / "run"
-    (out / "checkpoints").mkdir(parents=True)
-    src = list_checkpoints(finished_run[0] / "checkpoints")[0]
-    (out / "checkpoints" / src.name).write_bytes(src.read_bytes())
-    from brainlatent.errors import BrainlatentError
+    shutil.copytree(finished_run[0], out)
+    old = torch.load(out / "network.pt", weights_only=True)
+    with caplog.at_level(logging.WARNING, logger="brainlatent.train.checkpoint"):
+        summary = train_gan(tiny_cfg(lr=0.001, gp_lambda=5.0), slices_dir, "stylegan", 8, out, device="cpu")
+    assert summary["resumed_from"] is None
+    assert any("gan.lr" in r.getMessage() and "gan.gp_lambda" in r.getMessage() for r in caplog.records)
+    assert len(list_checkpoints(out / "checkpoints.stale-1")) == len(list_checkpoints(finished_run[0] / "checkpoints"))
+    new = torch.load(out / "network.pt", weights_only=True)
+    assert any(not torch.equal(old["state_dict"][k], new["state_dict"][k]) for k in old["state_dict"])
+    assert new["fingerprint"] != old["fingerprint"]
+    fresh = train_gan(tiny_cfg(lr=0.001, gp_lambda=5.0), slices_dir, "stylegan", 8, tmp_path / "fresh", device="cpu")
+    reference = torch.load(fresh["network"], weights_only=True)
+    assert all(torch.equal(reference["state_dict"][k], new["state_dict"][k]) for k in new["state_dict"])
 
-    with pytest.raises(BrainlatentError, match="generator"):
-        train_gan(tiny_cfg(mapping_layers=3), slices_dir, "stylegan", 8, out, device="cpu")
+
+def test_other_slices_are_never_resumed(finished_run, slices_dir, tmp_path):
+    """The data identity is part of the fingerprint: the same settings on changed slices start afresh."""
+    other = tmp_path / "slices"
+    shutil.copytree(slices_dir, other)
+    images = np.load(other / "images.npy")
+    images[0] = -1.0
+    np.save(other / "images.npy", images)
+    out = tmp_path / "run"
+    shutil.copytree(finished_run[0], out)
+    summary = train_gan(tiny_cfg(), other, "stylegan", 8, out, device="cpu")
+    assert summary["resumed_from"] is None and (out / "checkpoints.stale-1").is_dir()
+
+
+def test_longer_run_resumes_the_finished_one(finished_run, slices_dir, tmp_path):
+    """kimg is not part of the fingerprint: extending a finished run continues it."""
+    out = tmp_path / "run"
+    shutil.copytree(finished_run[0], out)
+    summary = train_gan(tiny_cfg(kimg=0.048), slices_dir, "stylegan", 8, out, device="cpu")
+    assert summary["resumed_from"].endswith("ckpt-000000.032.pt") and summary["kimg"] == pytest.approx(0.048)
 
 
 def test_network_file_is_weights_only_and_regenerates(finished_run):

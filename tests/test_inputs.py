@@ -218,7 +218,9 @@ def test_config_errors_name_the_key(tmp_path, capsys):
     assert "gan.latent_sizes.0: 'x' is not of type 'integer'" in text and "unknown key ('bogus' was unexpected)" in text
 
 
-def test_inline_config_without_a_needed_section_is_a_clear_error(tmp_path, capsys):
+def test_inline_config_without_a_needed_key_is_a_clear_error(tmp_path, capsys):
+    """An inline (stage) config is used as given: a key the stage reads but was not given is named
+    by its dotted path, never filled with a default."""
     import json
 
     table = tmp_path / "scans.csv"
@@ -227,5 +229,5 @@ def test_inline_config_without_a_needed_section_is_a_clear_error(tmp_path, capsy
     inline = json.dumps({"inputs": {"source": "table", "table": str(table)}})
     code = main(["validate-inputs", "--config", inline, "--out", str(out)])
     err = capsys.readouterr().err
-    assert code == 2 and "config section 'attributes' is missing from the inline config" in err
+    assert code == 2 and "config key 'inputs.modality' is not part of the config given to this stage" in err
     assert "Traceback" not in err and not out.parent.exists()

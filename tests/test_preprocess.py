@@ -27,6 +27,13 @@ CSF_MM, SKULL_MM, SCALP_MM = 3.0, 7.0, 6.0
 MARKER = np.array([25.0, 30.0, 15.0])  # world position (mm) of a bright blob in the right-anterior-superior brain
 
 
+
+def stage_json(study: dict) -> str:
+    """What the workflow passes the preprocess stage: its view of the completed study config."""
+    from brainlatent.stage_keys import stage_view
+
+    return json.dumps(stage_view(load_config(study), "preprocess"))
+
 def head_phantom(world: np.ndarray, bias: bool = False) -> np.ndarray:
     """Intensity of the synthetic head at world points (..., 3) in RAS mm."""
     r = np.sqrt(((world / BRAIN_AXES) ** 2).sum(-1))  # 1 on the brain surface
@@ -362,7 +369,7 @@ def test_bad_inputs_raise_naming_the_file(tmp_path):
 
 def test_cli_exit_code_and_no_outputs_on_bad_input(tmp_path, capsys):
     files = _bad_files(tmp_path)
-    cfg = json.dumps({"preprocess": {"spacing_mm": [3, 3, 3]}})
+    cfg = stage_json({"preprocess": {"spacing_mm": [3, 3, 3]}})
     for kind in ("nan", "truncated", "4d"):
         outs = [tmp_path / f"{kind}.out.nii.gz", tmp_path / f"{kind}.mask.nii.gz", tmp_path / f"{kind}.png", tmp_path / f"{kind}.json"]
         rc = cli.main(
@@ -380,7 +387,7 @@ def test_cli_writes_outputs_and_summary(tmp_path):
     aff, shape = grid_affine([2.5, 2.5, 2.5], "LPS")
     image = write(tmp_path / "sub-01_ses-1.nii.gz", sample(aff, shape), aff)
     outs = [tmp_path / "p" / "sub-01_ses-1.nii.gz", tmp_path / "p" / "sub-01_ses-1_mask.nii.gz", tmp_path / "qc" / "sub-01_ses-1.png", tmp_path / "s.json"]
-    cfg = json.dumps({"preprocess": {"spacing_mm": [3, 3, 3], "bias_correction": {"enabled": False}}})
+    cfg = stage_json({"preprocess": {"spacing_mm": [3, 3, 3], "bias_correction": {"enabled": False}}})
     rc = cli.main(
         ["preprocess", "--config", cfg, "--image", str(image), "--out-image", str(outs[0]), "--out-mask", str(outs[1]),
          "--qc", str(outs[2]), "--summary", str(outs[3])]

@@ -49,7 +49,9 @@ def _cfg(**synthetic) -> dict:
 def cohort_dir(tmp_path_factory) -> Path:
     """A 6-subject cohort (2 HC, 2 follow-ups, every site) written through the CLI."""
     out = tmp_path_factory.mktemp("synth") / "cohort"
-    config = json.dumps({"seed": SEED, "synthetic": SYNTH})
+    from brainlatent.stage_keys import stage_view
+
+    config = json.dumps(stage_view(load_config({"seed": SEED, "synthetic": SYNTH}), "synthesize"))
     assert cli.main(["synthesize", "--config", config, "--out", str(out)]) == 0
     return out
 
@@ -262,9 +264,13 @@ def test_failed_run_leaves_no_output(tmp_path, monkeypatch):
 
 
 def test_cli_rejects_bad_config(tmp_path, capsys):
-    code = cli.main(["synthesize", "--config", '{"synthetic": {"n_subjects": 2}}', "--out", str(tmp_path / "x")])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("synthetic: {n_subjects: 2}\n")
+    code = cli.main(["synthesize", "--config", str(bad), "--out", str(tmp_path / "x")])
     assert code == 2
     assert "synthetic.n_subjects" in capsys.readouterr().err
+    good = tmp_path / "good.yaml"
+    good.write_text("synthetic: {n_subjects: 4}\n")
     with pytest.raises(BrainlatentError, match="--workers"):
-        cohort.run(argparse.Namespace(config="{}", out=tmp_path / "y", workers=0))
+        cohort.run(argparse.Namespace(config=str(good), out=tmp_path / "y", workers=0))
     assert not (tmp_path / "y").exists()

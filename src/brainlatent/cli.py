@@ -17,6 +17,7 @@ from brainlatent.errors import BrainlatentError
 
 #: subcommand -> (module, one-line help)
 STAGES: dict[str, tuple[str, str]] = {
+    "config": ("brainlatent.config", "write a study's fully resolved config (schema defaults filled in)"),
     "synthesize": ("brainlatent.synth.cohort", "write the synthetic MS cohort (NIfTI, participants, truth)"),
     "validate-inputs": ("brainlatent.inputs", "check the scans table and every image header; write the normalised table"),
     "preprocess": ("brainlatent.preprocess", "reorient, resample, bias-correct, mask, normalise one scan; QC picture"),

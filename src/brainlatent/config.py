@@ -50,18 +50,55 @@ def _fill_defaults(node: dict, value: Any) -> Any:
     return value
 
 
-class PartialConfig(dict):
-    """A config holding only some top-level sections; reading an absent one is a clear error."""
+class StageConfig(dict):
+    """The config keys one stage reads, as given (validated and completed upstream).
+
+    Reading a key that is not there is a clear error naming its dotted path, never a silent
+    default: the stage's key list (:data:`brainlatent.stage_keys.STAGE_KEYS`) must name every key
+    its code reads, so that Snakemake reruns a job exactly when one of those keys changes.
+    Nested mappings (and mappings inside lists) are wrapped too.
+    """
+
+    def __init__(self, data: dict, path: str = "", stage: str = "") -> None:
+        super().__init__()
+        self._path, self._stage = path, stage
+        for key, value in data.items():
+            self[key] = _wrap(value, f"{path}{key}", stage)
 
     def __missing__(self, key: str):
+        where = f"{self._path}{key}"
+        stage = f"stage '{self._stage}'" if self._stage else "this stage"
         raise BrainlatentError(
-            f"config section '{key}' is missing from the inline config (it has {sorted(self)}); "
-            f"pass the whole study config as a YAML path, or include '{key}' in the JSON"
+            f"config key '{where}' is not part of the config given to {stage} (it has {sorted(self)}); "
+            "pass the whole study config as a YAML path, or add the key to the stage's list in brainlatent/stage_keys.py"
         )
 
+    def __deepcopy__(self, memo):
+        return StageConfig(copy.deepcopy(dict(self), memo), self._path, self._stage)
 
-# a partial config is written out like any mapping (the report shows the config as YAML)
-yaml.SafeDumper.add_representer(PartialConfig, yaml.representer.SafeRepresenter.represent_dict)
+    def __reduce__(self):
+        return (StageConfig, (dict(self), self._path, self._stage))
+
+
+def _wrap(value: Any, path: str, stage: str) -> Any:
+    if isinstance(value, dict) and not isinstance(value, StageConfig):
+        return StageConfig(value, f"{path}.", stage)
+    if isinstance(value, list):
+        return [_wrap(v, f"{path}.{i}", stage) for i, v in enumerate(value)]
+    return value
+
+
+def plain(value: Any) -> Any:
+    """``value`` with every :class:`StageConfig` turned back into a plain ``dict`` (for JSON, YAML, torch.save)."""
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    return value
+
+
+# a stage config is written out like any mapping (the report shows the config as YAML)
+yaml.SafeDumper.add_representer(StageConfig, yaml.representer.SafeRepresenter.represent_dict)
 
 
 def _key_path(error) -> str:
@@ -69,13 +106,11 @@ def _key_path(error) -> str:
     return ".".join(parts) if parts else "<top level>"
 
 
-def validate(config: dict, source: str = "config", partial: bool = False) -> dict:
-    """Fill defaults and validate ``config``; returns the completed config.
+def validate(config: dict, source: str = "config") -> dict:
+    """Fill the schema's defaults into ``config`` and validate it; returns the completed config.
 
-    With ``partial=True`` only the top-level sections present are completed and checked (the
-    workflow passes each rule the sections it uses, taken from an already validated config); a
-    stage that reads a section it was not given fails with a :class:`BrainlatentError` naming the
-    section (see :class:`PartialConfig`) instead of silently using a default.
+    A key the config leaves out takes the schema's default, whoever runs the study (Snakemake, a
+    CLI stage or ``batch``): there is no other layer of defaults.
 
     Raises:
         BrainlatentError: listing every problem with its key path, e.g.
@@ -85,9 +120,7 @@ def validate(config: dict, source: str = "config", partial: bool = False) -> dic
 
     if not isinstance(config, dict):
         raise BrainlatentError(f"{source}: expected a mapping of config keys at the top level, got {type(config).__name__}")
-    full = _fill_defaults(schema(), config)
-    if partial:
-        full = PartialConfig((key, value) for key, value in full.items() if key in config)
+    full = _fill_defaults(schema(), plain(config))
     validator = jsonschema.Draft202012Validator(schema())
     problems = []
     for err in sorted(validator.iter_errors(full), key=lambda e: list(map(str, e.absolute_path))):
@@ -95,7 +128,7 @@ def validate(config: dict, source: str = "config", partial: bool = False) -> dic
         if err.validator == "additionalProperties":
             msg = msg.replace("Additional properties are not allowed", "unknown key")
         problems.append(f"{source}: {_key_path(err)}: {msg}")
-    if not problems and not partial:
+    if not problems:
         problems.extend(_semantic_problems(full, source))
     raise_if_problems(f"invalid study configuration {source}", problems)
     return full
@@ -145,14 +178,20 @@ def _semantic_problems(cfg: dict, source: str) -> list[str]:
 
 
 def load_config(source: str | Path | dict) -> dict:
-    """Load a study config from a YAML path, an inline JSON string or a dict, then validate it.
+    """Load a study config from a YAML path, an inline JSON string or a dict.
 
-    An inline JSON string (what the workflow's rules pass) is a *partial* config holding the
-    sections one stage needs, see :func:`validate`; a YAML file is a whole study config.
+    - A YAML file or a plain dict is a whole study config: the schema's defaults are filled in and
+      everything is validated (:func:`validate`).
+    - An inline JSON string is what the workflow's rules pass: the keys one stage reads, taken from
+      a study config that was already resolved and validated. It is used as given (never
+      re-completed with defaults) as a :class:`StageConfig`, so reading a key it lacks is an error.
+    - A :class:`StageConfig` is returned as it is.
 
     Relative input paths in the config (``inputs.table``, ``inputs.bids_dir``) are kept as given:
     they are relative to the directory the workflow runs in.
     """
+    if isinstance(source, StageConfig):
+        return source
     if isinstance(source, dict):
         return validate(copy.deepcopy(source), "config")
     text = str(source)
@@ -161,7 +200,9 @@ def load_config(source: str | Path | dict) -> dict:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise BrainlatentError(f"inline config: not valid JSON ({exc.msg})") from None
-        return validate(data, "inline config", partial=True)
+        if not isinstance(data, dict):
+            raise BrainlatentError(f"inline config: expected a JSON object, got {type(data).__name__}")
+        return StageConfig(data)
     path = Path(text)
     if not path.exists():
         raise BrainlatentError(f"{path}: config file not found")
@@ -172,6 +213,53 @@ def load_config(source: str | Path | dict) -> dict:
     except UnicodeDecodeError:
         raise BrainlatentError(f"{path}: not UTF-8 text; expected a YAML config file") from None
     return validate(data or {}, str(path))
+
+
+def load_stage_config(source: str | Path | dict, stage: str) -> StageConfig:
+    """The config of one stage: exactly the keys :data:`brainlatent.stage_keys.STAGE_KEYS` lists.
+
+    The same study YAML gives the same stage config here (a CLI run) and through the workflow
+    (which passes :func:`brainlatent.stage_keys.stage_view` of the resolved config as inline JSON).
+    """
+    from brainlatent.stage_keys import stage_view
+
+    cfg = load_config(source)
+    if isinstance(cfg, StageConfig):
+        return cfg
+    return StageConfig(stage_view(cfg, stage), stage=stage)
+
+
+def _merged(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def resolve_study(config: dict, from_configfile: bool, default_study: str | Path) -> dict:
+    """The one resolved config of a Snakemake run.
+
+    Args:
+        config: Snakemake's ``config`` (the ``--configfile`` contents with ``--config`` on top).
+        from_configfile: whether a ``--configfile`` was given. If so, that file *is* the study:
+            keys it leaves out take the schema's defaults, exactly as in ``brainlatent <stage>
+            --config <file>`` and in ``batch``. If not, ``default_study`` (the demo) is the study,
+            with any ``--config key=value`` laid over it.
+        default_study: the study run when no ``--configfile`` is given.
+    """
+    source = "--configfile"
+    if not from_configfile:
+        path = Path(default_study)
+        base = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        config, source = _merged(base, plain(config)), str(path)
+    return validate(copy.deepcopy(plain(config)), source)
+
+
+def write_resolved(cfg: dict, path: str | Path) -> None:
+    """Write a resolved study config as YAML (atomically); ``load_config`` of it gives ``cfg`` back."""
+    from brainlatent.io import write_text
+
+    write_text(path, "# the fully resolved study config (schema defaults filled in)\n" + yaml.safe_dump(plain(cfg), sort_keys=False))
 
 
 def derive_seed(seed: int, *names: object) -> int:
@@ -201,3 +289,16 @@ def attribute(cfg: dict, name: str) -> dict:
 def config_hash(cfg: dict) -> str:
     """Short stable hash of a completed config (provenance)."""
     return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:12]
+
+
+# --------------------------------------------------------------------------------------------
+# CLI: ``brainlatent config`` writes a study's resolved config
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--config", required=True, help="study config (YAML path or inline JSON of a resolved config)")
+    parser.add_argument("--out", required=True, help="where to write the resolved config (YAML)")
+
+
+def run(args) -> None:
+    write_resolved(load_config(args.config), args.out)

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from brainlatent import io
-from brainlatent.config import load_config, study_dir
+from brainlatent.config import load_stage_config, study_dir
 from brainlatent.errors import BrainlatentError, raise_if_problems
 
 log = logging.getLogger(__name__)
@@ -262,5 +262,5 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    cfg = load_config(args.config)
+    cfg = load_stage_config(args.config, "validate_inputs")
     validate_inputs(cfg, args.out, table=args.table, out_ok=args.ok)

@@ -898,9 +898,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> None:
     import SimpleITK as sitk
 
-    from brainlatent.config import load_config
+    from brainlatent.config import load_stage_config
 
-    cfg = load_config(args.config)
+    cfg = load_stage_config(args.config, "preprocess")
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(max(1, int(args.threads)))
     outputs = [args.out_image, args.out_mask, args.qc] + ([args.summary] if args.summary else [])
     try:

@@ -26,7 +26,7 @@ import pandas as pd
 
 from brainlatent import io
 from brainlatent.attributes import encode
-from brainlatent.config import derive_seed, load_config
+from brainlatent.config import derive_seed, load_stage_config
 from brainlatent.errors import BrainlatentError
 
 log = logging.getLogger(__name__)
@@ -224,6 +224,27 @@ def load_slices(slices_dir: str | Path) -> tuple[np.ndarray, pd.DataFrame]:
     return images, manifest
 
 
+def dataset_identity(slices_dir: str | Path) -> dict:
+    """What identifies a slice dataset's content: resolution, slice count and content hashes.
+
+    Part of every trainer's checkpoint fingerprint, so that a checkpoint made on other slices (a
+    changed preprocessing, band or cohort) is never resumed. The manifest is hashed as canonical
+    CSV (independent of the parquet writer), the images as the raw ``images.npy`` bytes.
+    """
+    import hashlib
+
+    images, manifest = load_slices(slices_dir)
+    manifest_csv = manifest.sort_index(axis=1).to_csv(index=False, float_format="%.9g").encode()
+    with open(Path(slices_dir) / "images.npy", "rb") as fh:
+        images_sha = hashlib.file_digest(fh, "sha256").hexdigest()
+    return {
+        "resolution": int(images.shape[-1]),
+        "n_slices": int(len(manifest)),
+        "manifest_sha256": hashlib.sha256(manifest_csv).hexdigest(),
+        "images_sha256": images_sha,
+    }
+
+
 class SliceDataset:
     """A torch ``Dataset`` over the slice memmap, optionally restricted to one split.
 
@@ -271,5 +292,5 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    cfg = load_config(args.config)
+    cfg = load_stage_config(args.config, "slice")
     build_slice_dataset(cfg, args.scans, args.preprocessed, args.out)

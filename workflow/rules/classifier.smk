@@ -11,7 +11,7 @@ rule train_classifier:
         metrics=f"{S}/classifier/metrics.json",
         curves=report(f"{S}/classifier/curves.png", caption="../report/classifier_curves.rst", category="Classifier"),
     params:
-        config=stage_config("classifier", "slices"),
+        config=stage_config("train_classifier"),
         slices=input_folder("manifest"),
         out=output_folder("model"),
     log:
@@ -24,4 +24,4 @@ rule train_classifier:
     conda:
         ENV
     shell:
-        "OMP_NUM_THREADS={threads} brainlatent train-classifier --config {params.config} --slices {params.slices} --out {params.out} 2> {log}"
+        "OMP_NUM_THREADS={threads} brainlatent train-classifier --config {params.config:q} --slices {params.slices:q} --out {params.out:q} 2> {log:q}"

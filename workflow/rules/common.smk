@@ -1,19 +1,18 @@
 # Helpers shared by all rule files (the validated config, output paths, per-stage config JSON).
 import json
 import os
-import shlex
 import shutil
 import sys
 from pathlib import Path
 
 import pandas as pd
-from snakemake.utils import validate
 
-from brainlatent.config import validate as complete_config
+from brainlatent.config import resolve_study
+from brainlatent.stage_keys import stage_view
 
-validate(config, schema="../schemas/config.schema.yaml")
-# defaults filled in one place (the schema) + the checks JSON schema cannot express
-CFG = complete_config(dict(config), "config")
+# One resolved config per study: a --configfile is the whole study (keys it leaves out take the
+# schema's defaults, as under `brainlatent <stage> --config` and `batch`); without one, the demo.
+CFG = resolve_study(config, bool(workflow.overwrite_configfiles), Path(workflow.current_basedir).parents[1] / "config" / "config.yaml")
 
 # the rules call the `brainlatent` CLI: when it is not on PATH (snakemake started as
 # .venv/bin/snakemake without activating the venv), use the one beside this interpreter
@@ -32,14 +31,13 @@ CPU = {"runtime": CFG["resources"]["cpu_runtime_min"], "mem_mb": CFG["resources"
 ENV = "../../envs/brainlatent.yaml"
 
 
-def stage_config(*sections):
-    """The config sections one stage reads, as a shell-quoted JSON argument.
+def stage_config(stage):
+    """The config keys one stage reads (brainlatent.stage_keys), as a JSON string param.
 
-    Passing only these sections means a change elsewhere in the config does not rerun the rule
-    (Snakemake reruns a job when its params change).
+    Snakemake reruns a job when its params change, so a job reruns exactly when a key its code
+    reads has changed. Shell commands quote it with ``{params.config:q}``.
     """
-    sub = {key: CFG[key] for key in ("study", "seed", "results_dir", "attributes", *sections)}
-    return shlex.quote(json.dumps(sub, sort_keys=True, separators=(",", ":")))
+    return json.dumps(stage_view(CFG, stage), sort_keys=True, separators=(",", ":"))
 
 
 def input_folder(name, up=1):
@@ -88,7 +86,7 @@ def mask_input(wildcards):
 
 
 def mask_arg(wildcards, input):
-    return f"--mask {shlex.quote(input.mask)}" if input.get("mask") else ""
+    return ["--mask", input.mask] if input.get("mask") else []
 
 
 def preprocessed(kind):
@@ -112,6 +110,7 @@ def eval_outputs():
 
 def all_targets():
     return [
+        f"{S}/config.yaml",
         f"{S}/inputs/inputs.ok",
         f"{SLICES}/manifest.parquet",
         f"{S}/classifier/metrics.json",

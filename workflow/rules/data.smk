@@ -7,7 +7,7 @@ rule synthesize_cohort:
         participants=f"{S}/cohort/participants.tsv",
         truth=f"{S}/cohort/truth.tsv",
     params:
-        config=stage_config("synthetic", "inputs"),
+        config=stage_config("synthesize"),
         out=output_folder("scans"),
     log:
         f"{LOGS}/synthesize_cohort.log",
@@ -19,7 +19,7 @@ rule synthesize_cohort:
     conda:
         ENV
     shell:
-        "brainlatent synthesize --config {params.config} --out {params.out} 2> {log}"
+        "brainlatent synthesize --config {params.config:q} --out {params.out:q} 2> {log:q}"
 
 
 checkpoint validate_inputs:
@@ -29,8 +29,8 @@ checkpoint validate_inputs:
         scans=f"{S}/inputs/scans.tsv",
         ok=f"{S}/inputs/inputs.ok",
     params:
-        config=stage_config("inputs", "preprocess"),
-        table=lambda w, input: "" if CFG["inputs"]["source"] == "bids" else f"--table {shlex.quote(input.table)}",
+        config=stage_config("validate_inputs"),
+        table=lambda w, input: [] if CFG["inputs"]["source"] == "bids" else ["--table", input.table],
     log:
         f"{LOGS}/validate_inputs.log",
     benchmark:
@@ -40,7 +40,7 @@ checkpoint validate_inputs:
     conda:
         ENV
     shell:
-        "brainlatent validate-inputs --config {params.config} {params.table} --out {output.scans} --ok {output.ok} 2> {log}"
+        "brainlatent validate-inputs --config {params.config:q} {params.table:q} --out {output.scans:q} --ok {output.ok:q} 2> {log:q}"
 
 
 rule preprocess:
@@ -64,8 +64,8 @@ rule preprocess:
     conda:
         ENV
     shell:
-        "brainlatent preprocess --config {params.config} --image {input.image} {params.mask}"
-        " --out-image {output.image} --out-mask {output.mask} --qc {output.qc} --summary {output.summary} 2> {log}"
+        "brainlatent preprocess --config {params.config:q} --image {input.image:q} {params.mask:q}"
+        " --out-image {output.image:q} --out-mask {output.mask:q} --qc {output.qc:q} --summary {output.summary:q} 2> {log:q}"
 
 
 rule slice_dataset:
@@ -78,7 +78,7 @@ rule slice_dataset:
         images=f"{SLICES}/images.npy",
         manifest=f"{SLICES}/manifest.parquet",
     params:
-        config=stage_config("slices", "preprocess"),
+        config=stage_config("slice"),
         preprocessed=lambda w, input: str(Path(input.scans).parents[1] / "preprocessed"),
         out=output_folder("manifest"),
     log:
@@ -90,5 +90,5 @@ rule slice_dataset:
     conda:
         ENV
     shell:
-        "brainlatent slice --config {params.config} --scans {input.scans} --preprocessed {params.preprocessed}"
-        " --out {params.out} 2> {log}"
+        "brainlatent slice --config {params.config:q} --scans {input.scans:q} --preprocessed {params.preprocessed:q}"
+        " --out {params.out:q} 2> {log:q}"

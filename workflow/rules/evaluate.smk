@@ -9,10 +9,10 @@ rule evaluate_ppl:
     output:
         json=f"{S}/eval/{{arch}}-z{{zdim}}/ppl.json",
     params:
-        config=stage_config("evaluate", "gan", "classifier"),
+        config=stage_config("evaluate:ppl"),
         slices=input_folder("manifest"),
         metric="ppl",
-        extra="",
+        extra=[],
     log:
         f"{LOGS}/evaluate/ppl/{{arch}}-z{{zdim}}.log",
     benchmark:
@@ -23,18 +23,18 @@ rule evaluate_ppl:
     conda:
         ENV
     shell:
-        "OMP_NUM_THREADS={threads} brainlatent evaluate --metric {params.metric} --config {params.config} --network {input.network}"
-        " --classifier {input.classifier} --slices {params.slices} --out {output.json} {params.extra} 2> {log}"
+        "OMP_NUM_THREADS={threads} brainlatent evaluate --metric {params.metric:q} --config {params.config:q} --network {input.network:q}"
+        " --classifier {input.classifier:q} --slices {params.slices:q} --out {output.json:q} {params.extra:q} 2> {log:q}"
 
 
 use rule evaluate_ppl as evaluate_separability with:
     output:
         json=f"{S}/eval/{{arch}}-z{{zdim}}/separability.json",
     params:
-        config=stage_config("evaluate", "gan", "classifier"),
+        config=stage_config("evaluate:separability"),
         slices=input_folder("manifest"),
         metric="separability",
-        extra="",
+        extra=[],
     log:
         f"{LOGS}/evaluate/separability/{{arch}}-z{{zdim}}.log",
     benchmark:
@@ -45,10 +45,10 @@ use rule evaluate_ppl as evaluate_quality with:
     output:
         json=f"{S}/eval/{{arch}}-z{{zdim}}/quality.json",
     params:
-        config=stage_config("evaluate", "gan", "classifier"),
+        config=stage_config("evaluate:quality"),
         slices=input_folder("manifest"),
         metric="quality",
-        extra="",
+        extra=[],
     log:
         f"{LOGS}/evaluate/quality/{{arch}}-z{{zdim}}.log",
     benchmark:
@@ -61,10 +61,10 @@ use rule evaluate_ppl as evaluate_path_profile with:
         plot=report(f"{S}/eval/{{arch}}-z{{zdim}}/path_profile.png", caption="../report/path_profile.rst", category="Path profiles"),
         gifs=directory(f"{S}/eval/{{arch}}-z{{zdim}}/interpolations"),
     params:
-        config=stage_config("evaluate", "gan", "classifier"),
+        config=stage_config("evaluate:path_profile"),
         slices=input_folder("manifest"),
         metric="path_profile",
-        extra=lambda w, output: f"--plot {output.plot} --gif-dir {output.gifs}",
+        extra=lambda w, output: ["--plot", output.plot, "--gif-dir", output.gifs],
     log:
         f"{LOGS}/evaluate/path_profile/{{arch}}-z{{zdim}}.log",
     benchmark:
@@ -77,7 +77,7 @@ rule aggregate:
     output:
         report(f"{S}/metrics.csv", caption="../report/metrics.rst", category="Metrics"),
     params:
-        config=stage_config("evaluate", "gan", "classifier"),
+        config=stage_config("aggregate"),
     log:
         f"{LOGS}/aggregate.log",
     benchmark:
@@ -87,4 +87,4 @@ rule aggregate:
     conda:
         ENV
     shell:
-        "brainlatent aggregate --config {params.config} --inputs {input} --out {output} 2> {log}"
+        "brainlatent aggregate --config {params.config:q} --inputs {input:q} --out {output:q} 2> {log:q}"

@@ -10,7 +10,7 @@ rule train_gan:
         # failed or cancelled job, and a resumed run continues the log it finds
         network=f"{S}/gan/{{arch}}-z{{zdim}}/network.pt",
     params:
-        config=stage_config("gan", "slices"),
+        config=stage_config("train_gan"),
         slices=input_folder("manifest"),
         out=output_folder("network"),
     log:
@@ -23,5 +23,5 @@ rule train_gan:
     conda:
         ENV
     shell:
-        "OMP_NUM_THREADS={threads} brainlatent train-gan --config {params.config} --slices {params.slices} --arch {wildcards.arch}"
-        " --zdim {wildcards.zdim} --out {params.out} 2> {log}"
+        "OMP_NUM_THREADS={threads} brainlatent train-gan --config {params.config:q} --slices {params.slices:q} --arch {wildcards.arch:q}"
+        " --zdim {wildcards.zdim:q} --out {params.out:q} 2> {log:q}"

@@ -1,8 +1,22 @@
-# Report: one self-contained HTML page per study.
+# The study's resolved config, and one self-contained HTML report per study.
+
+
+rule resolved_config:
+    output:
+        f"{S}/config.yaml",
+    params:
+        config=stage_config("report"),
+    log:
+        f"{LOGS}/resolved_config.log",
+    conda:
+        ENV
+    shell:
+        "brainlatent config --config {params.config:q} --out {output:q} 2> {log:q}"
 
 
 rule report:
     input:
+        config=f"{S}/config.yaml",
         metrics=f"{S}/metrics.csv",
         classifier=f"{S}/classifier/metrics.json",
         manifest=f"{SLICES}/manifest.parquet",
@@ -12,7 +26,6 @@ rule report:
         html=report(f"{S}/report/index.html", caption="../report/report.rst", category="Report"),
     params:
         study_dir=input_folder("metrics"),
-        config=shlex.quote(json.dumps(CFG, sort_keys=True, separators=(",", ":"))),
     log:
         f"{LOGS}/report.log",
     benchmark:
@@ -22,4 +35,4 @@ rule report:
     conda:
         ENV
     shell:
-        "brainlatent report --config {params.config} --study-dir {params.study_dir} --out {output.html} 2> {log}"
+        "brainlatent report --config {input.config:q} --study-dir {params.study_dir:q} --out {output.html:q} 2> {log:q}"

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from brainlatent.config import load_config
+from brainlatent.config import load_stage_config
 from brainlatent.errors import BrainlatentError, raise_if_problems
 from brainlatent.io import read_json, write_table
 
@@ -103,7 +103,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    cfg = load_config(args.config)
+    cfg = load_stage_config(args.config, "aggregate")
     if not args.inputs:
         raise BrainlatentError("--inputs: no evaluation JSON given")
     table = aggregate(args.inputs, cfg["study"])

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from brainlatent import __version__
-from brainlatent.config import config_hash, derive_seed, load_config
+from brainlatent.config import config_hash, derive_seed, load_stage_config
 from brainlatent.errors import BrainlatentError
 from brainlatent.io import load_torch, write_json
 
@@ -373,7 +373,7 @@ def _load_models(args, cfg: dict, device: torch.device):
 
 
 def run(args: argparse.Namespace) -> None:
-    cfg = load_config(args.config)
+    cfg = load_stage_config(args.config, f"evaluate:{args.metric}")
     for flag, path in (("--network", args.network), ("--classifier", args.classifier)):
         if not Path(path).exists():
             raise BrainlatentError(f"{flag} {path}: file not found")

@@ -433,8 +433,9 @@ class Generator(nn.Module):
 # Weights-only storage
 
 
-def network_dict(G: Generator, kimg: float, seed: int) -> dict[str, Any]:
-    """What ``network.pt`` holds: constructor arguments and weights (weights-only loadable)."""
+def network_dict(G: Generator, kimg: float, seed: int, fingerprint: str | None = None) -> dict[str, Any]:
+    """What ``network.pt`` holds: constructor arguments and weights (weights-only loadable), and the
+    digest of the training fingerprint that made it (:func:`brainlatent.train.checkpoint.fingerprint_digest`)."""
     return {
         "generator_config": dict(G.config),
         "state_dict": {k: v.detach().cpu().clone() for k, v in G.state_dict().items()},
@@ -443,14 +444,15 @@ def network_dict(G: Generator, kimg: float, seed: int) -> dict[str, Any]:
         "z_dim": G.z_dim,
         "kimg": float(kimg),
         "seed": int(seed),
+        "fingerprint": fingerprint,
     }
 
 
-def save_network(path: str | Path, G: Generator, kimg: float, seed: int) -> None:
+def save_network(path: str | Path, G: Generator, kimg: float, seed: int, fingerprint: str | None = None) -> None:
     """Write ``network.pt`` atomically (see :func:`network_dict`)."""
     from brainlatent.io import save_torch
 
-    save_torch(path, network_dict(G, kimg, seed))
+    save_torch(path, network_dict(G, kimg, seed, fingerprint))
 
 
 def load_generator(path: str | Path, device: str | torch.device = "cpu") -> Generator:

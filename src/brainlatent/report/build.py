@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 
 from brainlatent import __version__, io
-from brainlatent.config import config_hash, load_config
+from brainlatent.config import config_hash, load_stage_config
 from brainlatent.report import figures
 
 log = logging.getLogger(__name__)
@@ -1227,7 +1227,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    cfg = load_config(args.config)
+    cfg = load_stage_config(args.config, "report")
     build_report(cfg, args.study_dir, args.out, args.qc_limit)
 
 

@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from brainlatent import __version__
-from brainlatent.config import load_config
+from brainlatent.config import load_stage_config
 from brainlatent.errors import BrainlatentError
 from brainlatent.io import atomic_dir, write_json, write_table
 from brainlatent.synth import anatomy as anat
@@ -291,7 +291,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     """Entry point of ``brainlatent synthesize``."""
-    cfg = load_config(args.config)
+    cfg = load_stage_config(args.config, "synthesize")
     if args.workers is not None and args.workers < 1:
         raise BrainlatentError(f"--workers: got {args.workers}; expected a positive number of processes")
     scans = synthesize_cohort(cfg, args.out, workers=args.workers)

@@ -225,3 +225,76 @@ def load_latest_checkpoint(
             continue
         return path, state
     return None, None
+
+
+# --------------------------------------------------------------------------------------------
+# One resume policy for every trainer
+
+
+def fingerprint_digest(fingerprint: dict[str, Any]) -> str:
+    """A short stable hash of a fingerprint (shown in network files and the report)."""
+    import hashlib
+    import json
+
+    text = json.dumps(fingerprint, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, sub in value.items():
+            out.update(_flat(sub, f"{prefix}{key}."))
+        return out
+    return {prefix.rstrip("."): value}
+
+
+def fingerprint_changes(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str]:
+    """The dotted keys whose values differ between two fingerprints (``["<none recorded>"]`` without an old one)."""
+    if not isinstance(old, dict):
+        return ["<none recorded>"]
+    a, b = _flat(old), _flat(new)
+    return sorted(k for k in a.keys() | b.keys() if a.get(k, "<absent>") != b.get(k, "<absent>"))
+
+
+def set_aside(directory: str | os.PathLike) -> Path:
+    """Rename ``directory`` to ``<name>.stale-<n>`` (the first free n); nothing is deleted."""
+    directory = Path(directory)
+    n = 1
+    while (target := directory.with_name(f"{directory.name}.stale-{n}")).exists():
+        n += 1
+    os.replace(directory, target)
+    return target
+
+
+def resume_matching(
+    directory: str | os.PathLike,
+    fingerprint: dict[str, Any],
+    required_keys: Iterable[str] = (),
+    prefix: str = PREFIX,
+    suffix: str = SUFFIX,
+    still_valid: Any = None,
+) -> tuple[Path | None, dict[str, Any] | None]:
+    """The newest valid checkpoint made for exactly this ``fingerprint``, else a fresh start.
+
+    A fingerprint holds everything that shapes the trained result (training settings,
+    architecture, seed, data identity). Same fingerprint: the run resumes (a killed or requeued
+    job goes on exactly where it stopped). Different: the old checkpoints are moved aside to
+    ``<directory>.stale-<n>`` (not deleted), the log names the settings that changed, and
+    ``(None, None)`` is returned so that training starts afresh. ``still_valid(state)`` may
+    return a reason (str) why a matching checkpoint cannot be continued (e.g. it is past the
+    configured length); it is then moved aside too.
+    """
+    path, state = load_latest_checkpoint(directory, required_keys, prefix=prefix, suffix=suffix)
+    if state is None:
+        return None, None
+    reason = None
+    if state.get("fingerprint") != fingerprint:
+        reason = "made with other settings: " + ", ".join(fingerprint_changes(state.get("fingerprint"), fingerprint)) + " changed"
+    elif still_valid is not None:
+        reason = still_valid(state)
+    if reason is None:
+        return path, state
+    stale = set_aside(directory)
+    log.warning("checkpoints in %s were %s; moved them to %s and training starts afresh", directory, reason, stale)
+    return None, None

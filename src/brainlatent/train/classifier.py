@@ -66,16 +66,19 @@ from torch.utils.data import DataLoader
 
 from brainlatent import io
 from brainlatent.attributes import bin_centres, class_names, n_classes
-from brainlatent.config import derive_seed, load_config
+from brainlatent.config import derive_seed, load_stage_config, plain
 from brainlatent.errors import BrainlatentError
 from brainlatent.models.vgg import VGG16Classifier
-from brainlatent.train.checkpoint import capture_rng_state, load_latest_checkpoint, restore_rng_state, save_checkpoint
+from brainlatent.slices import dataset_identity
+from brainlatent.train.checkpoint import capture_rng_state, fingerprint_digest, restore_rng_state, resume_matching, save_checkpoint
 
 log = logging.getLogger(__name__)
 
 #: how the best epoch is chosen (written into metrics.json)
 SELECTION = "highest mean over heads of validation balanced accuracy"
 #: config keys that may change between an interrupted run and its resumption
+#: classifier keys that may change between runs without invalidating a checkpoint (a longer run
+#: resumes); ``epochs`` only where the learning-rate schedule does not depend on it (not cosine)
 RESUMABLE_CHANGES = ("epochs", "patience", "keep_checkpoints")
 CHECKPOINT_FORMAT = 2
 
@@ -329,7 +332,7 @@ def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def model_payload(state_dict: dict, model: VGG16Classifier, cfg: dict, **extra: Any) -> dict:
     """What ``model.pt`` / ``last.pt`` hold: weights, constructor kwargs, attribute specs, provenance."""
-    return {"state_dict": state_dict, "model_config": copy.deepcopy(model.config), "attributes": copy.deepcopy(cfg["attributes"]), **extra}
+    return {"state_dict": state_dict, "model_config": copy.deepcopy(model.config), "attributes": plain(cfg["attributes"]), **extra}
 
 
 def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> VGG16Classifier:
@@ -356,15 +359,16 @@ def checkpoint_path(ckpt_dir: Path, epoch: int) -> Path:
     return ckpt_dir / f"{CHECKPOINT_PREFIX}{epoch:04d}.pt"
 
 
-def _fingerprint(cfg: dict, datasets: dict) -> dict:
-    """What a checkpoint must share with the current run to be resumed."""
-    cc = {k: v for k, v in cfg["classifier"].items() if k not in RESUMABLE_CHANGES}
+def _fingerprint(cfg: dict, datasets: dict, slices_dir: Path) -> dict:
+    """Everything that shapes the trained classifier: a checkpoint is resumed only if this matches."""
+    resumable = [k for k in RESUMABLE_CHANGES if not (k == "epochs" and cfg["classifier"]["lr_schedule"] == "cosine")]
+    cc = {k: v for k, v in plain(cfg["classifier"]).items() if k not in resumable}
     return {
         "classifier": cc,
-        "attributes": cfg["attributes"],
+        "attributes": plain(cfg["attributes"]),
         "seed": cfg["seed"],
         "n": {split: len(ds) for split, ds in datasets.items()},
-        "resolution": int(datasets["train"].images.shape[-1]),
+        "data": dataset_identity(slices_dir),
     }
 
 
@@ -456,7 +460,7 @@ def train_classifier(cfg: dict, slices_dir: str | Path, out_dir: str | Path) -> 
     Returns:
         The contents of ``metrics.json``.
     """
-    cfg = load_config(cfg)
+    cfg = load_stage_config(cfg, "train_classifier")  # exactly the keys the workflow gives this stage
     cc, attrs = cfg["classifier"], cfg["attributes"]
     slices_dir, out_dir = Path(slices_dir), Path(out_dir)
     ckpt_dir = out_dir / "checkpoints"
@@ -482,7 +486,7 @@ def train_classifier(cfg: dict, slices_dir: str | Path, out_dir: str | Path) -> 
             log.warning("attribute '%s' has no labelled training slice; its head is not trained", name)
     if len(datasets["val"]) == 0:
         log.warning("%s: no validation slices; the last epoch counts as best and early stopping is off", slices_dir)
-    fingerprint = _fingerprint(cfg, datasets)
+    fingerprint = _fingerprint(cfg, datasets, slices_dir)
 
     model = build_model(cfg)
     model.set_class_priors(train_counts)
@@ -497,15 +501,11 @@ def train_classifier(cfg: dict, slices_dir: str | Path, out_dir: str | Path) -> 
     state: dict[str, Any] = {"epoch": 0, "best_score": -math.inf, "best_epoch": 0, "since_best": 0, "history": []}
     best_state = _cpu_state(scored)
 
-    path, ckpt = load_latest_checkpoint(ckpt_dir, required_keys=("model", "rng", "fingerprint"), prefix=CHECKPOINT_PREFIX)
+    path, ckpt = resume_matching(
+        ckpt_dir, fingerprint, required_keys=("model", "rng"), prefix=CHECKPOINT_PREFIX,
+        still_valid=lambda c: None if c.get("format") == CHECKPOINT_FORMAT else f"in format {c.get('format')}, not {CHECKPOINT_FORMAT}",
+    )
     if ckpt is not None:
-        if ckpt.get("format") != CHECKPOINT_FORMAT:
-            raise BrainlatentError(f"{path}: classifier checkpoint format {ckpt.get('format')}, expected {CHECKPOINT_FORMAT}; delete {ckpt_dir} to train afresh")
-        if ckpt["fingerprint"] != fingerprint:
-            raise BrainlatentError(
-                f"{path}: checkpoint was made with a different classifier config or dataset; "
-                f"delete {ckpt_dir} to train afresh (only {', '.join(RESUMABLE_CHANGES)} may change between runs)"
-            )
         model.load_state_dict(ckpt["model"])
         if ema is not None:
             ema.load_state_dict(ckpt["ema"])
@@ -573,7 +573,8 @@ def train_classifier(cfg: dict, slices_dir: str | Path, out_dir: str | Path) -> 
     if state["since_best"] >= cc["patience"] and state["epoch"] < cc["epochs"]:
         log.info("early stop after epoch %d: no improvement for %d epochs", state["epoch"], cc["patience"])
 
-    return _finish(cfg, scored, best_state, state, datasets, weights, majority, train_counts, device, out_dir)
+    return _finish(cfg, scored, best_state, state, datasets, weights, majority, train_counts, device, out_dir,
+                   fingerprint_digest(fingerprint))
 
 
 def ema_decay_at(decay: float, n_averaged: int) -> float:
@@ -607,7 +608,7 @@ def weight_average(model: VGG16Classifier, decay: float):
     return AveragedModel(model, multi_avg_fn=update, use_buffers=True)
 
 
-def _finish(cfg, model, best_state, state, datasets, weights, majority, train_counts, device, out_dir: Path) -> dict:
+def _finish(cfg, model, best_state, state, datasets, weights, majority, train_counts, device, out_dir: Path, fingerprint: str) -> dict:
     """Score best and last models on val and test; write every output (``model`` = the scored one)."""
     cc, attrs = cfg["classifier"], cfg["attributes"]
     last_state = _cpu_state(model)
@@ -649,12 +650,13 @@ def _finish(cfg, model, best_state, state, datasets, weights, majority, train_co
         "best": results["best"],
         "last": results["last"],
         "config": {"classifier": cc, "attributes": attrs, "seed": cfg["seed"]},
+        "fingerprint": fingerprint,
     }
     resolution = int(datasets["train"].images.shape[-1])
     best_score = None if not history or math.isinf(state["best_score"]) else state["best_score"]
-    io.save_torch(out_dir / "model.pt", model_payload(best_state, model, cfg, epoch=best_epoch, resolution=resolution,
+    io.save_torch(out_dir / "model.pt", model_payload(best_state, model, cfg, epoch=best_epoch, resolution=resolution, fingerprint=fingerprint,
                                                       selection=SELECTION, val_score=best_score))
-    io.save_torch(out_dir / "last.pt", model_payload(last_state, model, cfg, epoch=state["epoch"], resolution=resolution,
+    io.save_torch(out_dir / "last.pt", model_payload(last_state, model, cfg, epoch=state["epoch"], resolution=resolution, fingerprint=fingerprint,
                                                      selection=SELECTION, val_score=history[-1]["val_score"] if history else None))
     io.write_table(out_dir / "history.csv", pd.DataFrame(history))
     write_curves(out_dir / "curves.png", history, [a["name"] for a in attrs], best_epoch)
@@ -714,6 +716,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    cfg = load_config(args.config)
+    cfg = load_stage_config(args.config, "train_classifier")
     train_classifier(cfg, args.slices, args.out)
 

@@ -34,17 +34,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from brainlatent.config import derive_seed, load_config
+from brainlatent.config import derive_seed, load_stage_config
 from brainlatent.errors import BrainlatentError
 from brainlatent.generate import image_grid, save_png
 from brainlatent.io import write_json, write_table
 from brainlatent.models.discriminator import Discriminator
 from brainlatent.models.stylegan import ARCHS, Generator, load_generator, save_network
+from brainlatent.slices import dataset_identity
 from brainlatent.train.checkpoint import (
     ResumableShuffler,
     capture_rng_state,
-    load_latest_checkpoint,
+    fingerprint_digest,
     restore_rng_state,
+    resume_matching,
     save_checkpoint,
 )
 from brainlatent.train.losses import critic_loss, generator_loss
@@ -55,6 +57,8 @@ log = logging.getLogger(__name__)
 
 LOG_COLUMNS = ["kimg", "step", "loss_d", "loss_g", "gp", "wasserstein", "img_per_s", "wall_s"]
 CHECKPOINT_KEYS = ["G", "D", "G_ema", "opt_G", "opt_D", "step", "nimg", "rng", "data_order", "generator_config"]
+#: gan keys that may change between runs without invalidating a checkpoint (a longer run resumes)
+RESUMABLE_CHANGES = ("kimg", "log_kimg", "snapshot_kimg", "checkpoint_kimg", "keep_checkpoints")
 SNAPSHOT_IMAGES = 32  # 8 x 4 grid
 IN_MEMORY_BYTES = 2 * 1024 ** 3  # train images up to this size are copied into RAM
 
@@ -196,13 +200,21 @@ def _autocast(device: torch.device):
     return contextlib.nullcontext()
 
 
-def _check_inputs(cfg: dict, arch: str, z_dim: int) -> None:
+def training_fingerprint(gcfg: dict, seed: int, arch: str, z_dim: int, generator_config: dict, data: dict) -> dict:
+    """Everything that shapes a trained generator: a checkpoint is resumed only if this matches."""
+    from brainlatent.config import plain
+
+    return {
+        "format": 1, "arch": arch, "z_dim": int(z_dim), "seed": int(seed), "generator_config": generator_config,
+        "gan": {k: v for k, v in plain(gcfg).items() if k not in RESUMABLE_CHANGES}, "data": data,
+    }
+
+
+def _check_inputs(arch: str, z_dim: int) -> None:
     if arch not in ARCHS:
         raise BrainlatentError(f"--arch: expected one of {list(ARCHS)}, got {arch!r}")
     if z_dim < 2:
         raise BrainlatentError(f"--zdim: expected an integer >= 2, got {z_dim}")
-    if arch not in cfg["gan"]["archs"]:
-        log.warning("arch %r is not in the config's gan.archs %s", arch, cfg["gan"]["archs"])
 
 
 # --------------------------------------------------------------------------------------------
@@ -231,8 +243,9 @@ def train_gan(
         Summary dict: ``network``, ``kimg``, ``steps``, ``seconds`` (this call), ``s_per_kimg``
         (this call), ``resumed_from`` (checkpoint path or None), ``device``.
     """
+    cfg = load_stage_config(cfg, "train_gan")  # exactly the keys the workflow gives this stage
     gcfg = cfg["gan"]
-    _check_inputs(cfg, arch, z_dim)
+    _check_inputs(arch, z_dim)
     out_dir = Path(out_dir)
     ckpt_dir, sample_dir = out_dir / "checkpoints", out_dir / "samples"
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -260,13 +273,13 @@ def train_gan(
         order = ResumableShuffler(len(data), batch, derive_seed(seed, "data_order"))
         step, nimg, wall_before = 0, 0, 0.0
 
-        resumed_from, state = load_latest_checkpoint(ckpt_dir, required_keys=CHECKPOINT_KEYS)
+        fingerprint = training_fingerprint(gcfg, seed, arch, z_dim, generator_config, dataset_identity(slices_dir))
+        total = _every(gcfg["kimg"])
+        resumed_from, state = resume_matching(
+            ckpt_dir, fingerprint, required_keys=CHECKPOINT_KEYS,
+            still_valid=lambda s: None if int(s["nimg"]) <= total else f"trained past the configured {gcfg['kimg']} kimg ({int(s['nimg']) / 1000:g})",
+        )
         if state is not None:
-            if state["generator_config"] != generator_config:
-                raise BrainlatentError(
-                    f"{resumed_from}: checkpoint was trained with generator {state['generator_config']}, "
-                    f"this run asks for {generator_config}; use another --out folder or delete {ckpt_dir}"
-                )
             G.load_state_dict(state["G"])
             D.load_state_dict(state["D"])
             G_ema.load_state_dict(state["G_ema"])
@@ -298,7 +311,6 @@ def train_gan(
         if nimg == 0:
             _snapshot(G_ema, snap_z, snap_noise, sample_dir / f"fakes-{_kimg_name(0)}.png")
 
-        total = _every(gcfg["kimg"])
         beta = ema_beta(batch, gcfg["ema_kimg"])
         every_log, every_snap, every_ckpt = _every(gcfg["log_kimg"]), _every(gcfg["snapshot_kimg"]), _every(gcfg["checkpoint_kimg"])
         next_log, next_snap, next_ckpt = ((nimg // e + 1) * e for e in (every_log, every_snap, every_ckpt))
@@ -315,7 +327,7 @@ def train_gan(
                 "opt_G": opt_G.state_dict(), "opt_D": opt_D.state_dict(),
                 "step": step, "nimg": nimg, "wall_s": wall_before + time.perf_counter() - t_start,
                 "rng": capture_rng_state(), "data_order": order.state_dict(),
-                "generator_config": generator_config, "seed": seed, "arch": arch,
+                "generator_config": generator_config, "seed": seed, "arch": arch, "fingerprint": fingerprint,
             }, path, keep=int(gcfg["keep_checkpoints"]))
             return path
 
@@ -353,7 +365,7 @@ def train_gan(
         if last_ckpt_nimg != nimg:  # a resumed, already finished run
             checkpoint()
         network = out_dir / "network.pt"
-        save_network(network, G_ema, kimg=nimg / 1000, seed=seed)
+        save_network(network, G_ema, kimg=nimg / 1000, seed=seed, fingerprint=fingerprint_digest(fingerprint))
         seconds = time.perf_counter() - t_start
         done_kimg = (nimg - nimg_start) / 1000
         summary = {
@@ -445,7 +457,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    cfg = load_config(args.config)
+    cfg = load_stage_config(args.config, "train_gan")
     if args.threads:
         torch.set_num_threads(args.threads)
     try:

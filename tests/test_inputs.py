@@ -327,3 +327,44 @@ def test_rows_with_the_same_scan_id(study, capsys, rows, expected):
     _, table, cfg = study
     _rewrite(table, rows)
     _expect_exit_2(cfg, table, capsys, f"{table}: {expected}")
+
+
+def _header_only_nifti(path: Path, shape: tuple[int, ...], zooms: tuple[float, ...]) -> Path:
+    """A NIfTI file that is a header only (no voxel data at all) declaring ``shape`` and ``zooms``;
+    the fields are patched directly, since nibabel refuses to set absurd values."""
+    header = nib.Nifti1Header()
+    header.set_data_dtype(np.float32)
+    header.set_data_shape((8, 8, 8))
+    header["dim"][0] = len(shape)
+    header["dim"][1 : len(shape) + 1] = shape
+    header["pixdim"][1 : len(zooms) + 1] = zooms
+    header["vox_offset"] = 352
+    path.write_bytes(header.binaryblock + b"\0\0\0\0")
+    return path
+
+
+@pytest.mark.parametrize(
+    "shape, zooms, expected",
+    [
+        ((4000, 8, 8), (1, 1, 1), "header dimensions (4000, 8, 8) are absurd; expected 2 to 2048 voxels along each axis"),
+        ((2000, 2000, 2000), (1, 1, 1), "header dimensions (2000, 2000, 2000) make 8,000,000,000 voxels; expected at most 1,000,000,000"),
+        ((8, 8, 8), (1, 0, 1), "header voxel sizes (1.0, 0.0, 1.0) mm are absurd; expected each above 0 and at most 20 mm"),
+        ((8, 8, 8), (1, 1, 50), "header voxel sizes (1.0, 1.0, 50.0) mm are absurd"),
+    ],
+    ids=["too_long", "too_many_voxels", "zero_voxel", "huge_voxel"],
+)
+def test_absurd_header_is_rejected_before_reading_voxels(study, capsys, monkeypatch, shape, zooms, expected):
+    tmp_path, table, cfg = study
+    bad = _header_only_nifti(tmp_path / "img" / "bad.nii", shape, zooms)
+
+    def no_voxels(*args, **kwargs):
+        raise AssertionError("voxel data was read")
+
+    monkeypatch.setattr(nib.arrayproxy.ArrayProxy, "__array__", no_voxels)
+    monkeypatch.setattr(nib.arrayproxy.ArrayProxy, "__getitem__", no_voxels)
+    _rewrite(table, "s01,,img/bad.nii,34,2,RRMS,F\n")
+    err = _expect_exit_2(cfg, table, capsys, f"{table}: line 2: column 'image_flair': {bad}: {expected}")
+    assert "truncated" not in err
+    with pytest.raises(BrainlatentError, match="absurd|expected at most") as info:
+        load_nifti(bad)
+    assert "voxel data cannot be read" not in str(info.value)

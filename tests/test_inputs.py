@@ -231,3 +231,142 @@ def test_inline_config_without_a_needed_key_is_a_clear_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "config key 'inputs.modality' is not part of the config given to this stage" in err
     assert "Traceback" not in err and not out.parent.exists()
+
+
+# --------------------------------------------------------------------------------------------
+# integrity checks: paths, header line, rows that contradict each other, absurd image headers
+
+
+def _expect_exit_2(cfg, table, capsys, *fragments) -> str:
+    """Run validate-inputs on ``table``; assert exit 2, no traceback, no output and every fragment."""
+    out = table.parent / "out" / "scans.tsv"
+    code, err = run_cli(cfg, table, out, capsys)
+    assert code == 2, err
+    assert "Traceback" not in err and not out.exists()
+    for fragment in fragments:
+        assert fragment in err, err
+    return err
+
+
+def test_symlink_loop_is_one_problem_line(study, capsys):
+    tmp_path, table, cfg = study
+    (tmp_path / "img" / "loop.nii.gz").symlink_to("loop.nii.gz")
+    _rewrite(table, "s01,,img/loop.nii.gz,34,2,RRMS,F\n")
+    _expect_exit_2(cfg, table, capsys, f"{table}: line 2: column 'image_flair': {tmp_path / 'img' / 'loop.nii.gz'}: path is a symlink loop")
+    looped = tmp_path / "looped.csv"
+    looped.symlink_to("looped.csv")
+    _expect_exit_2(cfg, looped, capsys, f"{looped}: table path is a symlink loop")
+
+
+@pytest.mark.parametrize("suffix, used, expected", [(".csv", ";", "semicolon-separated but a .csv file must be comma-separated"),
+                                                    (".tsv", "|", "pipe-separated but a .tsv file must be tab-separated")])
+def test_wrong_delimiter_is_named(study, capsys, suffix, used, expected):
+    tmp_path, _, cfg = study
+    table = tmp_path / f"scans{suffix}"
+    table.write_text(HEADER.replace(",", used) + used.join(["s01", "", "img/a.nii.gz", "34", "2", "RRMS", "F"]) + "\n")
+    _expect_exit_2(cfg, table, capsys, f"{table}: line 1: header is {expected}", f"found {used!r} between the column names")
+
+
+def test_duplicate_column_names(study, capsys):
+    _, table, cfg = study
+    table.write_text(HEADER.rstrip("\n") + ", age\ns01,,img/a.nii.gz,34,2,RRMS,F,35\n")
+    _expect_exit_2(cfg, table, capsys, f"{table}: line 1: column 8: column name 'age' repeats column 4; expected unique column names")
+
+
+def _three_images(tmp_path: Path) -> None:
+    write_head(tmp_path / "img" / "c.nii.gz", seed=3)
+
+
+@pytest.mark.parametrize(
+    "rows, expected",
+    [
+        ("s01,ses-1,img/a.nii.gz,34,2,RRMS,F\ns01,ses-2,img/b.nii.gz,35,2,RRMS,M\n",
+         "line 3: column 'sex': subject 's01' has sex 'M' here but 'F' on line 2; expected the same sex in every session"),
+        ("s01,ses-2,img/a.nii.gz,40,2,RRMS,F\ns01,ses-10,img/b.nii.gz,36,2,RRMS,F\ns01,ses-1,img/c.nii.gz,38,2,RRMS,F\n",
+         "line 3: column 'age': subject 's01' is 36 at session 'ses-10' but 40 at the earlier session 'ses-2' on line 2"),
+        ("s01,baseline,img/a.nii.gz,20,2,RRMS,F\ns01,followup,img/b.nii.gz,70,2,RRMS,F\n",
+         "line 3: column 'age': subject 's01' is 70 here but 20 on line 2; expected at most 25 years between the sessions"),
+    ],
+    ids=["sex", "age_decreases", "age_span"],
+)
+def test_subject_attributes_conflict_between_sessions(study, capsys, rows, expected):
+    tmp_path, table, cfg = study
+    _three_images(tmp_path)
+    _rewrite(table, rows)
+    err = _expect_exit_2(cfg, table, capsys, f"{table}: {expected}")
+    assert "(1 problem)" in err
+
+
+def test_sessions_are_ordered_by_their_numbers(study):
+    tmp_path, table, cfg = study
+    _three_images(tmp_path)
+    _rewrite(table, "s01,ses-2,img/a.nii.gz,34,2,RRMS,F\ns01,ses-10,img/b.nii.gz,38,2,SPMS,F\ns01,ses-1,img/c.nii.gz,33,2,RRMS,\n")
+    df = validate_inputs(cfg, tmp_path / "o.tsv")
+    assert df["scan"].tolist() == ["s01_ses-2", "s01_ses-10", "s01_ses-1"]
+
+
+def test_same_image_file_under_two_subjects(study, capsys):
+    tmp_path, table, cfg = study
+    (tmp_path / "img" / "alias.nii.gz").symlink_to("a.nii.gz")
+    _rewrite(table, "s01,,img/a.nii.gz,34,2,RRMS,F\ns02,,img/b.nii.gz,40,2,RRMS,M\ns03,,img/alias.nii.gz,50,2,RRMS,M\n")
+    _expect_exit_2(
+        cfg, table, capsys,
+        f"{table}: line 4: column 'image_flair': {tmp_path / 'img' / 'a.nii.gz'} is the same file as the image of subject 's01' (no session) on line 2",
+    )
+
+
+@pytest.mark.parametrize(
+    "rows, expected",
+    [
+        ("a_b,,img/a.nii.gz,34,2,RRMS,F\na,b,img/b.nii.gz,40,2,RRMS,M\n",
+         "line 3: columns 'subject', 'session': subject 'a' (session 'b') gives scan ID 'a_b', the same as subject 'a_b' (no session) on line 2"),
+        ("S01,,img/a.nii.gz,34,2,RRMS,F\ns01,,img/b.nii.gz,40,2,RRMS,M\n",
+         "line 3: columns 'subject', 'session': subject 's01' (no session) gives scan ID 's01', the same as subject 'S01' (no session) on line 2 ('S01')"),
+    ],
+    ids=["underscore", "case"],
+)
+def test_rows_with_the_same_scan_id(study, capsys, rows, expected):
+    _, table, cfg = study
+    _rewrite(table, rows)
+    _expect_exit_2(cfg, table, capsys, f"{table}: {expected}")
+
+
+def _header_only_nifti(path: Path, shape: tuple[int, ...], zooms: tuple[float, ...]) -> Path:
+    """A NIfTI file that is a header only (no voxel data at all) declaring ``shape`` and ``zooms``;
+    the fields are patched directly, since nibabel refuses to set absurd values."""
+    header = nib.Nifti1Header()
+    header.set_data_dtype(np.float32)
+    header.set_data_shape((8, 8, 8))
+    header["dim"][0] = len(shape)
+    header["dim"][1 : len(shape) + 1] = shape
+    header["pixdim"][1 : len(zooms) + 1] = zooms
+    header["vox_offset"] = 352
+    path.write_bytes(header.binaryblock + b"\0\0\0\0")
+    return path
+
+
+@pytest.mark.parametrize(
+    "shape, zooms, expected",
+    [
+        ((4000, 8, 8), (1, 1, 1), "header dimensions (4000, 8, 8) are absurd; expected 2 to 2048 voxels along each axis"),
+        ((2000, 2000, 2000), (1, 1, 1), "header dimensions (2000, 2000, 2000) make 8,000,000,000 voxels; expected at most 1,000,000,000"),
+        ((8, 8, 8), (1, 0, 1), "header voxel sizes (1.0, 0.0, 1.0) mm are absurd; expected each above 0 and at most 20 mm"),
+        ((8, 8, 8), (1, 1, 50), "header voxel sizes (1.0, 1.0, 50.0) mm are absurd"),
+    ],
+    ids=["too_long", "too_many_voxels", "zero_voxel", "huge_voxel"],
+)
+def test_absurd_header_is_rejected_before_reading_voxels(study, capsys, monkeypatch, shape, zooms, expected):
+    tmp_path, table, cfg = study
+    bad = _header_only_nifti(tmp_path / "img" / "bad.nii", shape, zooms)
+
+    def no_voxels(*args, **kwargs):
+        raise AssertionError("voxel data was read")
+
+    monkeypatch.setattr(nib.arrayproxy.ArrayProxy, "__array__", no_voxels)
+    monkeypatch.setattr(nib.arrayproxy.ArrayProxy, "__getitem__", no_voxels)
+    _rewrite(table, "s01,,img/bad.nii,34,2,RRMS,F\n")
+    err = _expect_exit_2(cfg, table, capsys, f"{table}: line 2: column 'image_flair': {bad}: {expected}")
+    assert "truncated" not in err
+    with pytest.raises(BrainlatentError, match="absurd|expected at most") as info:
+        load_nifti(bad)
+    assert "voxel data cannot be read" not in str(info.value)

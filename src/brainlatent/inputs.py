@@ -5,8 +5,9 @@ The **scans table** has one row per scan::
     subject, [session], image_flair|image_t1w|image_t2w, [mask], <one column per configured attribute>
 
 Image and mask paths may be absolute or relative to the table's folder. :func:`validate_inputs`
-checks the whole table *and every image header* before any heavy work and reports **all** problems
-at once (one line each, naming the file, line and column). Voxel-level problems (NaN, all-zero,
+checks the whole table (its header line, every value, and rows against each other: scan IDs, image
+files, a subject's sex and ages across sessions) *and every image header* before any heavy work and
+reports **all** problems at once (one line each, naming the file, line and column). Voxel-level problems (NaN, all-zero,
 truncated data) are found by the per-scan preprocessing job, so ``--keep-going`` lets the other scans
 finish.
 
@@ -18,8 +19,10 @@ from __future__ import annotations
 
 import argparse
 import csv
+import errno
 import io as _io
 import logging
+import os
 import re
 from pathlib import Path
 
@@ -36,39 +39,107 @@ log = logging.getLogger(__name__)
 SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 BIDS_SUFFIX = {"flair": "FLAIR", "t1w": "T1w", "t2w": "T2w"}
 MISSING_TOKENS = {"", "na", "n/a", "nan", "none", "null"}
+#: delimiters a table's header is checked for, with their names in messages
+DELIMITERS = {",": "comma", "\t": "tab", ";": "semicolon", "|": "pipe"}
+#: attributes a person keeps for life: every row of one subject must give the same value
+FIXED_ATTRIBUTES = ("sex",)
+#: the longest plausible span (years) between a subject's first and last session; a longer one is
+#: more likely a typo or two people sharing an ID than a real follow-up
+MAX_AGE_SPAN_YEARS = 25.0
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
-    """Read a CSV or TSV table as strings, with clear errors for encoding and delimiter problems.
+    """Read a CSV or TSV table as strings, with clear errors for encoding and header problems.
 
-    The delimiter follows the suffix (``.tsv`` → tab, otherwise comma); a table whose header only
-    splits with the *other* delimiter is rejected with a message saying so.
+    The delimiter follows the suffix (``.tsv``/``.tab`` → tab, otherwise comma); a header that is
+    separated by another delimiter (comma, tab, ``;`` or ``|``) is rejected naming the one found,
+    and so is a header that names a column twice (see :func:`check_header`).
     """
     path = Path(path)
-    if not path.exists():
-        raise BrainlatentError(f"{path}: table not found")
-    raw = path.read_bytes()
+    text = _read_text(path)
+    header = text.splitlines()[0] if text.strip() else ""
+    if not header:
+        raise BrainlatentError(f"{path}: table is empty; expected a header line")
+    expected = _expected_delimiter(path)
+    raise_if_problems(f"invalid header in {path}", check_header(path, header, expected))
     try:
-        text = raw.decode("utf-8-sig")
+        df = pd.read_csv(_io.StringIO(text), sep=expected, dtype=str, keep_default_na=False, quoting=csv.QUOTE_MINIMAL)
+    except pd.errors.ParserError as exc:
+        raise BrainlatentError(f"{path}: cannot parse as a {DELIMITERS[expected]}-separated table ({exc})".replace("\n", " ")) from None
+    df.columns = [c.strip() for c in df.columns]
+    return df
+
+
+def _os_reason(exc: OSError) -> str:
+    """A short reason for an OS error, naming a symlink loop as such."""
+    if exc.errno == errno.ELOOP:
+        return f"path is a symlink loop ({exc.strerror})"
+    return f"cannot be read ({exc.strerror or type(exc).__name__})"
+
+
+def _read_text(path: Path) -> str:
+    """The table's text (UTF-8, an optional BOM removed); any OS or decoding error is a clear error."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise BrainlatentError(f"{path}: table not found") from None
+    except OSError as exc:
+        raise BrainlatentError(f"{path}: table {_os_reason(exc)}; expected a readable CSV/TSV file") from None
+    try:
+        return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise BrainlatentError(
             f"{path}: not UTF-8 text (byte {exc.start}: {raw[exc.start:exc.start + 1]!r}); save the table as UTF-8"
         ) from None
-    expected = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
-    other = "," if expected == "\t" else "\t"
-    header = text.splitlines()[0] if text.strip() else ""
-    if not header:
-        raise BrainlatentError(f"{path}: table is empty; expected a header line")
-    if expected not in header and (other in header or ";" in header):
-        found = "tab" if other == "\t" else ("comma" if other in header else "semicolon")
-        want = "tab" if expected == "\t" else "comma"
-        raise BrainlatentError(f"{path}: header is {found}-separated but a {path.suffix or 'table'} file must be {want}-separated")
-    try:
-        df = pd.read_csv(_io.StringIO(text), sep=expected, dtype=str, keep_default_na=False, quoting=csv.QUOTE_MINIMAL)
-    except pd.errors.ParserError as exc:
-        raise BrainlatentError(f"{path}: cannot parse as a {'tab' if expected == chr(9) else 'comma'}-separated table ({exc})".replace("\n", " ")) from None
-    df.columns = [c.strip() for c in df.columns]
-    return df
+
+
+def _expected_delimiter(path: Path) -> str:
+    """The delimiter a table must use, from its suffix: tab for ``.tsv``/``.tab``, else comma."""
+    return "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
+
+
+def _split_line(line: str, delimiter: str) -> list[str]:
+    """One table line split into fields (quotes respected)."""
+    return next(csv.reader([line], delimiter=delimiter), [])
+
+
+def detect_delimiter(header: str, expected: str) -> str:
+    """The candidate delimiter (:data:`DELIMITERS`) that splits ``header`` into the most columns.
+
+    The expected delimiter wins a tie, so a one-column header is accepted as it is.
+    """
+    counts = {d: len(_split_line(header, d)) for d in DELIMITERS}
+    return expected if counts[expected] == max(counts.values()) else max(counts, key=counts.__getitem__)
+
+
+def check_header(path: Path, header: str, expected: str) -> list[str]:
+    """Problems with a table's header line: a delimiter other than ``expected``, or a repeated column.
+
+    pandas would silently read a ``;``-separated header as one column and rename a repeated column
+    ``x`` to ``x.1``, so the raw header line is checked here.
+    """
+    found = detect_delimiter(header, expected)
+    if found != expected:
+        want, got = DELIMITERS[expected], DELIMITERS[found]
+        kind = f"a {path.suffix} file" if path.suffix else "a table"
+        message = (
+            f"{path}: line 1: header is {got}-separated but {kind} must be {want}-separated "
+            f"(found {_show(found)} between the column names, expected {_show(expected)}; a .csv file uses ',' and a .tsv file uses tab)"
+        )
+        return [message]
+    first: dict[str, int] = {}
+    problems = []
+    for column, name in enumerate((n.strip() for n in _split_line(header, expected)), start=1):
+        if name in first:
+            problems.append(f"{path}: line 1: column {column}: column name {name!r} repeats column {first[name]}; expected unique column names")
+        else:
+            first[name] = column
+    return problems
+
+
+def _show(delimiter: str) -> str:
+    """A delimiter as written in messages: ``tab`` or the quoted character."""
+    return "tab" if delimiter == "\t" else repr(delimiter)
 
 
 def _is_missing(value: object) -> bool:
@@ -80,6 +151,33 @@ def _resolve(base: Path, value: str) -> Path:
     return p if p.is_absolute() else (base / p)
 
 
+def _real_path(path: Path) -> str:
+    """The absolute path with symlinks resolved; never raises (a symlink loop is left unresolved)."""
+    try:
+        return os.path.realpath(path)
+    except (OSError, ValueError):
+        return str(path.absolute())
+
+
+def check_image(path: Path) -> list[str]:
+    """Problems with one image or mask file: an OS error when reaching it (a symlink loop, a
+    folder in the way...) or else the header checks of :func:`brainlatent.io.check_nifti_header`."""
+    try:
+        path.stat()
+    except FileNotFoundError:
+        pass  # the header check reports 'image file not found'
+    except OSError as exc:
+        return [f"{path}: {_os_reason(exc)}; expected a NIfTI file"]
+    except ValueError as exc:
+        return [f"{path}: not a valid path ({exc})"]
+    return io.check_nifti_header(path)
+
+
+def scan_id(subject: str, session: str) -> str:
+    """The ID every later stage names a scan's files by: ``subject_session``, or ``subject``."""
+    return f"{subject}_{session}" if session else subject
+
+
 def check_scans_table(cfg: dict, df: pd.DataFrame, source: Path, check_images: bool = True) -> tuple[pd.DataFrame, list[str]]:
     """Check a scans table; return the normalised table and every problem found.
 
@@ -88,7 +186,9 @@ def check_scans_table(cfg: dict, df: pd.DataFrame, source: Path, check_images: b
         df: the table as strings (see :func:`read_table`).
         source: the table's path; relative image paths are resolved against its folder and
             messages name it.
-        check_images: also read every image/mask header (:func:`brainlatent.io.check_nifti_header`).
+        check_images: also read every image/mask header (:func:`check_image`).
+
+    Besides each row's values, rows are checked against each other (:func:`_cross_row_problems`).
     """
     problems: list[str] = []
     modality = cfg["inputs"]["modality"]
@@ -100,7 +200,7 @@ def check_scans_table(cfg: dict, df: pd.DataFrame, source: Path, check_images: b
         problems.append(f"{source}: missing column(s) {missing_cols}; found columns {list(df.columns)}")
         return pd.DataFrame(), problems
     lo_age, hi_age = cfg["inputs"]["age_range"]
-    rows = []
+    rows, lines = [], []
     seen: dict[tuple[str, str], int] = {}
     for i, row in enumerate(df.to_dict("records")):
         line = i + 2  # header is line 1
@@ -121,19 +221,19 @@ def check_scans_table(cfg: dict, df: pd.DataFrame, source: Path, check_images: b
         if not image:
             problems.append(f"{where}: column '{image_col}': empty; expected a NIfTI path")
         elif check_images:
-            problems.extend(f"{where}: column '{image_col}': {p}" for p in io.check_nifti_header(image_path))
+            problems.extend(f"{where}: column '{image_col}': {p}" for p in check_image(image_path))
         mask = str(row.get("mask", "") or "").strip()
         mask_path = _resolve(base, mask) if mask else None
         if mask_path is not None and check_images:
-            problems.extend(f"{where}: column 'mask': {p}" for p in io.check_nifti_header(mask_path))
+            problems.extend(f"{where}: column 'mask': {p}" for p in check_image(mask_path))
         if cfg["preprocess"]["mask"]["source"] == "table" and mask_path is None:
             problems.append(f"{where}: column 'mask': empty, but preprocess.mask.source is 'table'")
         out = {
-            "scan": f"{subject}_{session}" if session else subject,
+            "scan": scan_id(subject, session),
             "subject": subject,
             "session": session,
-            "image": str(image_path.resolve()) if image_path else "",
-            "mask": str(mask_path.resolve()) if mask_path else "",
+            "image": _real_path(image_path) if image_path else "",
+            "mask": _real_path(mask_path) if mask_path else "",
         }
         for attr in cfg["attributes"]:
             name, value = attr["name"], row[attr["name"]]
@@ -162,10 +262,158 @@ def check_scans_table(cfg: dict, df: pd.DataFrame, source: Path, check_images: b
                     problems.append(f"{col}: unknown value {value!r}; expected one of {attr['levels']}")
                 out[name] = value
         rows.append(out)
+        lines.append(line)
+    problems.extend(_cross_row_problems(cfg, list(zip(lines, rows)), source, image_col))
     if not rows and not problems:
         problems.append(f"{source}: no scans listed")
     table = pd.DataFrame(rows)
     return table, problems
+
+
+Record = tuple[int, dict]  # (line in the table, normalised row)
+
+
+def _cross_row_problems(cfg: dict, records: list[Record], source: Path, image_col: str) -> list[str]:
+    """Problems between rows: colliding scan IDs, a shared image file, a subject whose fixed
+    attributes or ages disagree between sessions."""
+    return (
+        _scan_id_collisions(records, source)
+        + _shared_images(records, source, image_col)
+        + _fixed_attribute_conflicts(cfg, records, source)
+        + _age_conflicts(cfg, records, source)
+    )
+
+
+def _who(row: dict) -> str:
+    """A row's subject and session as written in messages."""
+    session = f"session {row['session']!r}" if row["session"] else "no session"
+    return f"subject {row['subject']!r} ({session})"
+
+
+def _same_key(a: dict, b: dict) -> bool:
+    """Whether two rows name the same subject/session (already reported as a duplicate)."""
+    return (a["subject"], a["session"]) == (b["subject"], b["session"])
+
+
+def _scan_id_collisions(records: list[Record], source: Path) -> list[str]:
+    """Rows with different subject/session but the same scan ID (:func:`scan_id`), e.g. subject
+    ``a_b`` without a session and subject ``a`` session ``b``. IDs are compared ignoring case: they
+    name files, and some file systems ignore case."""
+    first: dict[str, Record] = {}
+    problems = []
+    for line, row in records:
+        line0, row0 = first.setdefault(row["scan"].casefold(), (line, row))
+        if line0 != line and not _same_key(row, row0):
+            problems.append(
+                f"{source}: line {line}: columns 'subject', 'session': {_who(row)} gives scan ID {row['scan']!r}, the same as "
+                f"{_who(row0)} on line {line0} ({row0['scan']!r}); expected a distinct subject_session scan ID per row (compared ignoring case)"
+            )
+    return problems
+
+
+def _shared_images(records: list[Record], source: Path, image_col: str) -> list[str]:
+    """Rows of different subjects or sessions that name the same image file (after resolving
+    symlinks and relative paths)."""
+    first: dict[str, Record] = {}
+    problems = []
+    for line, row in records:
+        if not row["image"]:
+            continue
+        line0, row0 = first.setdefault(row["image"], (line, row))
+        if line0 != line and not _same_key(row, row0):
+            problems.append(
+                f"{source}: line {line}: column '{image_col}': {row['image']} is the same file as the image of {_who(row0)} "
+                f"on line {line0}; expected one image file per scan"
+            )
+    return problems
+
+
+def _by_subject(records: list[Record]) -> dict[str, list[Record]]:
+    """The records grouped by subject, in table order."""
+    groups: dict[str, list[Record]] = {}
+    for line, row in records:
+        groups.setdefault(row["subject"], []).append((line, row))
+    return groups
+
+
+def _fixed_attribute_conflicts(cfg: dict, records: list[Record], source: Path) -> list[str]:
+    """Rows of one subject that disagree on an attribute in :data:`FIXED_ATTRIBUTES` (missing values
+    are ignored); each is compared with the subject's first row that gives a value."""
+    names = [a["name"] for a in cfg["attributes"] if a["name"] in FIXED_ATTRIBUTES]
+    problems = []
+    for subject, group in _by_subject(records).items():
+        for name in names:
+            given = [(line, row[name]) for line, row in group if row.get(name) is not None]
+            for line, value in given[1:]:
+                line0, value0 = given[0]
+                if value != value0:
+                    problems.append(
+                        f"{source}: line {line}: column '{name}': subject {subject!r} has {name} {value!r} here but {value0!r} "
+                        f"on line {line0}; expected the same {name} in every session of a subject"
+                    )
+    return problems
+
+
+_NUMBER = re.compile(r"[0-9]+")
+
+
+def session_order_key(label: str) -> tuple[str, tuple[int, ...]] | None:
+    """A session label's place in time: its text with numbers blanked, then its numbers.
+
+    Labels of one subject are ordered only when they all contain numbers and differ only in them
+    (``ses-1 < ses-2 < ses-10``, ``M00 < M12``, ``2019-03-01 < 2020-01-15``); ``None`` for a label
+    without numbers (``baseline``, ``followup``: no order is assumed).
+    """
+    numbers = _NUMBER.findall(label)
+    return (_NUMBER.sub("#", label), tuple(int(n) for n in numbers)) if numbers else None
+
+
+def _age_conflicts(cfg: dict, records: list[Record], source: Path) -> list[str]:
+    """Rows of one subject whose ages cannot all be true: a later session younger than an earlier
+    one (when sessions are ordered, :func:`session_order_key`), or a span of more than
+    :data:`MAX_AGE_SPAN_YEARS` between the youngest and the oldest row."""
+    if not any(a["name"] == "age" and a["kind"] == "numeric" for a in cfg["attributes"]):
+        return []
+    lo_age, hi_age = cfg["inputs"]["age_range"]  # an age outside it is reported on its own row
+    problems = []
+    for subject, group in _by_subject(records).items():
+        aged = [(line, row) for line, row in group if row.get("age") is not None and lo_age <= row["age"] <= hi_age]
+        problems += _age_span_problem(subject, aged, source) + _age_order_problems(subject, aged, source)
+    return problems
+
+
+def _age_span_problem(subject: str, aged: list[Record], source: Path) -> list[str]:
+    """One problem if a subject's ages span more than :data:`MAX_AGE_SPAN_YEARS`."""
+    if len(aged) < 2:
+        return []
+    (lo_line, lo), (hi_line, hi) = min(aged, key=lambda r: r[1]["age"]), max(aged, key=lambda r: r[1]["age"])
+    if hi["age"] - lo["age"] <= MAX_AGE_SPAN_YEARS:
+        return []
+    message = (
+        f"{source}: line {hi_line}: column 'age': subject {subject!r} is {hi['age']:g} here but {lo['age']:g} on line {lo_line}; "
+        f"expected at most {MAX_AGE_SPAN_YEARS:g} years between the sessions of one subject"
+    )
+    return [message]
+
+
+def _age_order_problems(subject: str, aged: list[Record], source: Path) -> list[str]:
+    """Rows of a subject younger than the oldest of its earlier sessions (sessions ordered by
+    :func:`session_order_key`; nothing is checked when they cannot be ordered)."""
+    keys = [session_order_key(row["session"]) for _, row in aged]
+    if len(aged) < 2 or None in keys or len({k[0] for k in keys}) != 1:
+        return []
+    problems = []
+    for (line, row), key in zip(aged, keys):
+        earlier = [(l0, r0) for (l0, r0), k0 in zip(aged, keys) if k0 < key]
+        if not earlier:
+            continue
+        line0, row0 = max(earlier, key=lambda r: r[1]["age"])
+        if row["age"] < row0["age"]:
+            problems.append(
+                f"{source}: line {line}: column 'age': subject {subject!r} is {row['age']:g} at session {row['session']!r} but "
+                f"{row0['age']:g} at the earlier session {row0['session']!r} on line {line0}; expected the age not to decrease with the session"
+            )
+    return problems
 
 
 def table_from_bids(cfg: dict, bids_dir: str | Path) -> tuple[pd.DataFrame, Path]:

@@ -149,29 +149,35 @@ def load_torch(path: PathLike, map_location: Any = "cpu") -> Any:
 # NIfTI
 
 
+#: Header sanity limits, checked before any voxel is read, so a corrupt or hostile header cannot make
+#: a job allocate gigabytes. A head MRI volume has 2..2048 voxels per axis (2048 is four times a
+#: 0.5 mm whole-head matrix), at most 1e9 voxels in all (4 GB as float32) and voxels of more than
+#: 0 and at most 20 mm (a 2 cm voxel no longer resolves brain anatomy).
+MIN_DIM = 2
+MAX_DIM = 2048
+MAX_VOXELS = 1_000_000_000
+MAX_ZOOM_MM = 20.0
+
+
 def check_nifti_header(path: PathLike) -> list[str]:
     """Problems found in a NIfTI file's header (cheap: no voxel data is read).
 
     Checks: the file exists and parses, the image is 3D (a 4D image with one volume is accepted),
-    and the affine is finite and invertible. Returns a list of one-line problems (empty if fine).
+    its dimensions, voxel count and voxel sizes are plausible (:data:`MIN_DIM`, :data:`MAX_DIM`,
+    :data:`MAX_VOXELS`, :data:`MAX_ZOOM_MM`), and the affine is finite and invertible. Returns a
+    list of one-line problems (empty if fine).
     """
     import nibabel as nib
 
     path = Path(path)
-    if not path.exists():
-        return [f"{path}: image file not found"]
     try:
-        img = nib.load(str(path))
+        if not path.exists():
+            return [f"{path}: image file not found"]
+        img = nib.load(str(path))  # lazy: parses the header only
+        zooms = _stored_zooms(img)
     except Exception as exc:  # noqa: BLE001 - nibabel raises many types for unreadable files
         return [f"{path}: not a readable NIfTI file ({type(exc).__name__}: {exc})"]
-    problems = []
-    shape = img.shape
-    if len(shape) == 4 and shape[3] == 1:
-        shape = shape[:3]
-    if len(shape) != 3:
-        problems.append(f"{path}: image has shape {tuple(img.shape)}; expected a 3D volume")
-    elif min(shape) < 2:
-        problems.append(f"{path}: image has shape {tuple(img.shape)}; expected a 3D volume (a 2D image was given)")
+    problems = _geometry_problems(path, tuple(img.header.get_data_shape()), zooms)
     affine = img.affine
     if not np.all(np.isfinite(affine)):
         problems.append(f"{path}: affine has non-finite values; expected a finite voxel-to-world matrix")
@@ -179,6 +185,36 @@ def check_nifti_header(path: PathLike) -> list[str]:
         det = float(np.linalg.det(affine[:3, :3]))
         if abs(det) < 1e-8:
             problems.append(f"{path}: affine is singular (det={det:.3g}); expected an invertible voxel-to-world matrix")
+    return problems
+
+
+def _stored_zooms(img) -> tuple[float, ...]:
+    """The voxel sizes as stored in the file's header (no voxel data is read).
+
+    ``nib.load`` silently replaces a zero voxel size by 1 mm and a negative one by its absolute
+    value, so the header is parsed again here without those fixes.
+    """
+    holder = img.file_map.get("header", img.file_map["image"])  # a single .nii starts with its header
+    with holder.get_prepare_fileobj("rb") as fileobj:
+        stored = type(img.header).from_fileobj(fileobj, check=False)
+    return tuple(float(z) for z in stored.get_zooms())
+
+
+def _geometry_problems(path: Path, shape: tuple[int, ...], zooms: tuple[float, ...]) -> list[str]:
+    """Problems with the header's dimensions and voxel sizes (see :data:`MAX_DIM` and friends)."""
+    spatial = shape[:3] if len(shape) == 3 or (len(shape) == 4 and shape[3] == 1) else None
+    if spatial is None:
+        return [f"{path}: image has shape {shape}; expected a 3D volume"]
+    problems = []
+    if min(spatial) < MIN_DIM:
+        problems.append(f"{path}: image has shape {shape}; expected a 3D volume (a 2D image was given)")
+    elif max(spatial) > MAX_DIM:
+        problems.append(f"{path}: header dimensions {shape} are absurd; expected {MIN_DIM} to {MAX_DIM} voxels along each axis")
+    elif int(np.prod(spatial, dtype=np.int64)) > MAX_VOXELS:
+        problems.append(f"{path}: header dimensions {shape} make {int(np.prod(spatial, dtype=np.int64)):,} voxels; expected at most {MAX_VOXELS:,}")
+    sizes = tuple(float(z) for z in zooms[:3])
+    if not all(np.isfinite(z) and 0 < z <= MAX_ZOOM_MM for z in sizes):
+        problems.append(f"{path}: header voxel sizes {sizes} mm are absurd; expected each above 0 and at most {MAX_ZOOM_MM:g} mm")
     return problems
 
 

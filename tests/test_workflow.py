@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,9 +13,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 from scipy import ndimage as ndi
 from scipy.stats import spearmanr
+
+from brainlatent.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -48,10 +53,43 @@ def test_dry_run_lists_the_data_rules(tmp_path):
         assert rule in result.stdout
 
 
-@pytest.mark.slow
-def test_tiny_study_end_to_end(tmp_path):
+@pytest.fixture(scope="module")
+def tiny_study(tmp_path_factory) -> tuple[Path, dict, subprocess.CompletedProcess]:
+    """config/studies/tiny.yaml run end to end once (every stage, real files); shared by the tests
+    that then ask Snakemake what a change would rerun."""
+    tmp_path = tmp_path_factory.mktemp("tiny")
     config, cfg = study_config(tmp_path, "config/studies/tiny.yaml")
     result = snakemake("--cores", "2", "--configfile", str(config), "--workflow-profile", "profiles/local")
+    return config, cfg, result
+
+
+def planned_jobs(result: subprocess.CompletedProcess) -> dict[str, int]:
+    """``{rule: job count}`` from a dry run's "Job stats" table ({} when nothing is to be done)."""
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out[-5000:]
+    if "Job stats:" not in out:
+        return {}
+    table = out.split("Job stats:")[1].split("Reasons:")[0]
+    jobs = {}
+    for line in table.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit() and parts[0] not in ("job", "total"):
+            jobs[parts[0]] = int(parts[1])
+    return jobs
+
+
+def changed_study(tmp_path: Path, cfg: dict, change) -> Path:
+    """The same study (same results folder) with ``change(cfg)`` applied, as a new YAML file."""
+    cfg = copy.deepcopy(cfg)
+    change(cfg)
+    path = tmp_path / "changed.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.mark.slow
+def test_tiny_study_end_to_end(tiny_study):
+    config, cfg, result = tiny_study
     log = result.stdout + result.stderr
     assert result.returncode == 0, log[-5000:]
     study = Path(cfg["results_dir"]) / cfg["study"]
@@ -75,6 +113,8 @@ def test_tiny_study_end_to_end(tmp_path):
     assert (study / "report" / "index.html").stat().st_size > 10_000
     # every rule wrote a benchmark file
     assert (study / "benchmarks" / "train_classifier.tsv").exists()
+    # the resolved config: the study file with the schema's defaults, nothing from the demo
+    assert load_config(study / "config.yaml") == load_config(config)
 
     # a second run has nothing to do; forcing one rule reruns only it and what depends on it
     again = snakemake("-n", "--configfile", str(config))
@@ -82,6 +122,67 @@ def test_tiny_study_end_to_end(tmp_path):
     forced = snakemake("-n", "--configfile", str(config), "--forcerun", "train_classifier")
     out = forced.stdout
     assert "train_classifier" in out and "train_gan" not in out.split("Job stats:")[-1] and "preprocess " not in out
+
+
+BOOKKEEPING = {"resolved_config", "aggregate", "report", "study"}
+EVALUATIONS = {"evaluate_ppl", "evaluate_path_profile", "evaluate_separability", "evaluate_quality"}
+
+
+@pytest.mark.slow
+def test_adding_a_latent_size_plans_only_the_new_models(tiny_study, tmp_path):
+    _, cfg, _ = tiny_study
+    changed = changed_study(tmp_path, cfg, lambda c: c["gan"].update(latent_sizes=[8, 12]))
+    jobs = planned_jobs(snakemake("-n", "--configfile", str(changed)))
+    archs = len(cfg["gan"]["archs"])
+    assert jobs.pop("train_gan") == archs
+    for rule in EVALUATIONS:
+        assert jobs.pop(rule) == archs, rule
+    assert set(jobs) <= BOOKKEEPING, jobs
+
+
+@pytest.mark.slow
+def test_new_attribute_bins_rerun_no_preprocessing(tiny_study, tmp_path):
+    _, cfg, _ = tiny_study
+    study = Path(cfg["results_dir"]) / cfg["study"]
+    resolved = load_config(study / "config.yaml")
+
+    def rebin(c):
+        c["attributes"] = copy.deepcopy(resolved["attributes"])
+        age = next(a for a in c["attributes"] if a["name"] == "age")
+        age["bins"] = [age["bins"][0], 35, 50, 65, age["bins"][-1]]
+
+    jobs = planned_jobs(snakemake("-n", "--configfile", str(changed_study(tmp_path, cfg, rebin))))
+    assert "train_classifier" in jobs
+    assert not {"synthesize_cohort", "validate_inputs", "preprocess", "slice_dataset", "train_gan"} & set(jobs), jobs
+
+
+@pytest.mark.slow
+def test_an_evaluate_setting_retrains_nothing(tiny_study, tmp_path):
+    _, cfg, _ = tiny_study
+    changed = changed_study(tmp_path, cfg, lambda c: c["evaluate"]["ppl"].update(num_samples=50))
+    jobs = planned_jobs(snakemake("-n", "--configfile", str(changed)))
+    assert jobs.pop("evaluate_ppl") == len(cfg["gan"]["archs"]) * len(cfg["gan"]["latent_sizes"])
+    assert set(jobs) <= BOOKKEEPING, jobs
+
+
+@pytest.mark.slow
+def test_same_yaml_through_snakemake_and_the_cli_gives_identical_weights(tiny_study, tmp_path):
+    """tiny.yaml leaves gan.lr out: under Snakemake and the CLI alike it takes the schema default."""
+    config, cfg, _ = tiny_study
+    assert "lr" not in cfg["gan"]
+    study = Path(cfg["results_dir"]) / cfg["study"]
+    threads = str(load_config(config)["resources"]["gpu_threads"])
+    cli = subprocess.run(
+        [str(BIN / "brainlatent"), "train-gan", "--config", str(config), "--slices", str(study / "slices" / "32"),
+         "--arch", "stylegan", "--zdim", "8", "--out", str(tmp_path / "cli")],
+        env={**ENV, "OMP_NUM_THREADS": threads}, capture_output=True, text=True, timeout=600,
+    )
+    assert cli.returncode == 0, cli.stderr[-3000:]
+    a = torch.load(study / "gan" / "stylegan-z8" / "network.pt", weights_only=True)
+    b = torch.load(tmp_path / "cli" / "network.pt", weights_only=True)
+    assert a["fingerprint"] == b["fingerprint"]
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
 
 
 @pytest.fixture(scope="module")
@@ -141,3 +242,68 @@ def test_classifier_learns_sex_from_the_pipeline_slices(effects_study, tmp_path)
     print(f"sex on {n} held-out slices: accuracy {accuracy:.3f}, majority baseline {baseline:.3f}")
     assert accuracy >= max(0.8, baseline + 0.1), (accuracy, baseline)
     assert all(h["balanced_accuracy"] >= 0.7 for h in heads), heads
+
+
+def table_study(tmp_path: Path, rows: list[dict], **overrides) -> Path:
+    """A study over a scans table (no sex column) built on the tiny config."""
+    table = tmp_path / "scans.tsv"
+    pd.DataFrame(rows).to_csv(table, sep="\t", index=False)
+    cfg = yaml.safe_load((REPO / "config/studies/tiny.yaml").read_text())
+    cfg.pop("synthetic")
+    cfg.update({
+        "study": "odd_names", "results_dir": str(tmp_path / "results"),
+        "inputs": {"source": "table", "table": str(table), "modality": "flair"},
+        "attributes": [
+            {"name": "age", "kind": "numeric", "bins": [18, 40, 60, 80]},
+            {"name": "edss", "kind": "numeric", "bins": [0, 2, 4, 10]},
+            {"name": "ms_type", "kind": "categorical", "levels": ["HC", "RRMS", "SPMS", "PPMS"]},
+        ],
+        "slices": {**cfg["slices"], "split": {"train": 0.5, "val": 0.25, "test": 0.25, "stratify": ["ms_type"]}},
+        "evaluate": {**cfg["evaluate"], "separability": {"num_samples": 60, "repeats": 2, "attributes": [], "binarise": {"edss": 2.0}}},
+        **overrides,
+    })
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.mark.slow
+def test_table_study_without_sex_and_with_shell_characters_in_file_names(tiny_study, tmp_path):
+    """Images named with a space and with `$(touch X)` run through the whole workflow under
+    Snakemake: the first works like any file, the second runs nothing but the pipeline. The study
+    has no `sex` attribute and runs end to end."""
+    _, cfg, _ = tiny_study
+    cohort = Path(cfg["results_dir"]) / cfg["study"] / "cohort"
+    scans = pd.read_csv(cohort / "scans.tsv", sep="\t", dtype=str)
+    marker = tmp_path / "INJECTED"
+    (tmp_path / "images").mkdir()
+    rows = []
+    for i, scan in enumerate(scans.to_dict("records")):
+        name = f"$(touch {marker})x.nii.gz" if i == 0 else f"my scan {i}.nii.gz"
+        shutil.copy(cohort / scan["image_flair"], tmp_path / "images" / name)
+        rows.append({"subject": scan["subject"], "image_flair": f"images/{name}", "age": scan["age"],
+                     "edss": scan["edss"], "ms_type": scan["ms_type"]})
+    config = table_study(tmp_path, rows)
+    result = snakemake("--cores", "2", "--configfile", str(config), "--workflow-profile", "profiles/local")
+    assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
+    assert not marker.exists() and not (REPO / "INJECTED").exists()
+    study = tmp_path / "results" / "odd_names"
+    normalised = pd.read_csv(study / "inputs" / "scans.tsv", sep="\t")
+    assert normalised["image"].str.contains("my scan", regex=False).sum() == len(rows) - 1
+    assert normalised["image"].str.contains("$(touch", regex=False).sum() == 1
+    sep = json.loads((study / "eval" / "stylegan-z8" / "separability.json").read_text())
+    assert [a["name"] for a in sep["settings"]["attributes"]] == ["edss"]
+    assert (study / "report" / "index.html").stat().st_size > 10_000
+    assert "sex" not in pd.read_csv(study / "metrics.csv").to_string()
+
+
+def test_a_failed_job_shows_its_one_line_error_on_the_console(tmp_path):
+    """The profile prints a failed job's log; its last line is the stage's one-line error."""
+    rows = [{"subject": "s01", "image_flair": "images/missing.nii.gz", "age": 40, "edss": 2, "ms_type": "RRMS"}]
+    config = table_study(tmp_path, rows)
+    result = snakemake("--cores", "1", "--configfile", str(config), "--workflow-profile", "profiles/local")
+    out = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "brainlatent validate-inputs: error:" in out and "missing.nii.gz" in out
+    log = (tmp_path / "results" / "odd_names" / "logs" / "validate_inputs.log").read_text().strip().splitlines()
+    assert log[-1].startswith("brainlatent validate-inputs: error:") or "missing.nii.gz" in log[-1]

@@ -234,16 +234,24 @@ def combine_repeats(per_repeat: list[dict[str, dict[str, dict]]], spaces: Sequen
 
 
 def attribute_plan(specs: Sequence[dict], attributes: Sequence[str], binarise: dict[str, float]) -> list[tuple[dict, float | None]]:
-    """The (spec, threshold) list to test: ``attributes`` in order, then ``binarise`` keys not yet listed."""
+    """The (spec, threshold) list to test: ``attributes`` in order, then ``binarise`` keys not yet listed.
+
+    With both empty (the default), every two-level categorical head is tested.
+    """
     by_name = {a["name"]: a for a in specs}
     names = list(attributes) + [n for n in binarise if n not in attributes]
+    if not names:
+        names = [a["name"] for a in specs if a["kind"] == "categorical" and len(a["levels"]) == 2]
     plan = []
     for name in names:
         if name not in by_name:
             raise BrainlatentError(f"separability: attribute '{name}' is not a head of the classifier; heads: {list(by_name)}")
         plan.append((by_name[name], binarise.get(name)))
     if not plan:
-        raise BrainlatentError("separability: no attribute to test (evaluate.separability.attributes and binarise are empty)")
+        raise BrainlatentError(
+            "separability: no attribute to test (evaluate.separability.attributes and binarise are empty, and no "
+            "classifier head is a two-level categorical attribute); list one, or a numeric one under binarise"
+        )
     return plan
 
 

@@ -1083,6 +1083,12 @@ def section_provenance(st: StudyFiles, generated: str) -> str:
             [L("evaluation device(s)"), L(", ".join(devices) or "—")]]
     rows += [[L(name), L(v)] for name, v in versions.items()]
     parts = [table("table-versions", [[L("item"), L("value")]], rows, "Provenance")]
+    trained = [("classifier", lookup(st.json("classifier/metrics.json"), "fingerprint"))]
+    trained += [(model_name(arch, z), lookup(st.json(f"gan/{model_name(arch, z)}/options.json"), "fingerprint")) for arch, z in st.models()]
+    parts.append(table("table-fingerprints", [[L("network"), L("training fingerprint")]],
+                       [[L(name), L(fp or "— (trained before fingerprints were recorded)")] for name, fp in trained],
+                       "Training fingerprints: a digest of the settings, seed, architecture and slice data that made each network "
+                       "(a checkpoint is resumed only under the same fingerprint); the resolved config is config.yaml"))
     bench_dir = st.path("benchmarks")
     records = read_benchmarks(bench_dir) if bench_dir.is_dir() else []
     if records:

@@ -297,6 +297,7 @@ def train_gan(
         write_json(out_dir / "options.json", {
             "arch": arch, "z_dim": z_dim, "seed": seed, "slices_dir": str(slices_dir), "device": str(device),
             "train_images": len(data), "generator_config": generator_config, "discriminator_config": D.config,
+            "fingerprint": fingerprint_digest(fingerprint),
             "gan": gcfg, "num_params": {"G": sum(p.numel() for p in G.parameters()),
                                         "mapping": sum(p.numel() for p in G.mapping.parameters()),
                                         "D": sum(p.numel() for p in D.parameters())},

@@ -16,6 +16,7 @@ from brainlatent.cli import main as cli_main
 from brainlatent.config import load_config
 from brainlatent.generate import generate_images, parse_seeds
 from brainlatent.models.stylegan import Generator, load_generator
+from brainlatent.train import common as train_common
 from brainlatent.train import gan as gan_module
 from brainlatent.train.checkpoint import ResumableShuffler, list_checkpoints, load_latest_checkpoint
 from brainlatent.train.gan import TrainingInterrupted, train_gan
@@ -234,7 +235,7 @@ def test_resumable_shuffler_covers_every_sample_each_epoch():
 
 def test_train_images_memmap_path_matches_in_memory(slices_dir, monkeypatch):
     in_memory = gan_module.TrainImages(slices_dir)
-    monkeypatch.setattr(gan_module, "IN_MEMORY_BYTES", 0)
+    monkeypatch.setattr(train_common, "IN_MEMORY_BYTES", 0)
     from_disk = gan_module.TrainImages(slices_dir)
     assert in_memory.memory is not None and from_disk.memory is None
     assert len(in_memory) == len(from_disk) == 18  # the train split only

@@ -122,7 +122,7 @@ def _write_classifier(study: Path, cfg: dict, manifest: pd.DataFrame, rng: np.ra
 
 
 def _write_gan(study: Path, arch: str, z: int, rng: np.random.Generator) -> None:
-    from brainlatent.generate import image_grid, save_png
+    from brainlatent.images import image_grid, save_png
     from brainlatent.train.gan import LOG_COLUMNS
 
     out = study / "gan" / f"{arch}-z{z}"

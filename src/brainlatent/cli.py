@@ -23,7 +23,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "preprocess": ("brainlatent.preprocess", "reorient, resample, bias-correct, mask, normalise one scan; QC picture"),
     "slice": ("brainlatent.slices", "build the 2D slice dataset (memmap + manifest + subject-level split)"),
     "train-classifier": ("brainlatent.train.classifier", "train the VGG-16 attribute classifier"),
-    "train-gan": ("brainlatent.train.gan", "train a StyleGAN or mapping-free GAN with WGAN-GP"),
+    "train-gan": ("brainlatent.train.generator", "train one generator of a registered family (StyleGAN, mapping-free GAN, ...)"),
     "generate": ("brainlatent.generate", "images from a trained network for given seeds, in Z or W"),
     "evaluate": ("brainlatent.metrics.evaluate", "PPL, path profile, linear separability or image quality for one model"),
     "aggregate": ("brainlatent.metrics.aggregate", "collect every model's metrics into one metrics.csv"),

@@ -150,6 +150,12 @@ def _semantic_problems(cfg: dict, source: str) -> list[str]:
                 problems.append(f"{where}: bins must be strictly increasing, got {bins}")
         elif not attr.get("levels"):
             problems.append(f"{where}: categorical attribute needs 'levels' (at least 2 values)")
+    from brainlatent.models.families import families
+
+    known = list(families())
+    for i, arch in enumerate(cfg["gan"]["archs"]):
+        if arch not in known:
+            problems.append(f"{source}: gan.archs.{i}: unknown generator family '{arch}'; known: {known}")
     split = cfg["slices"]["split"]
     total = split["train"] + split["val"] + split["test"]
     if abs(total - 1.0) > 1e-6:

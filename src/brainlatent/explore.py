@@ -13,43 +13,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from brainlatent.io import atomic_path
+from brainlatent.images import save_gif, save_strip, to_uint8
 from brainlatent.metrics.path_profile import render_path
 from brainlatent.metrics.ppl import sample_noise
-
-
-def to_uint8(images: torch.Tensor | np.ndarray) -> np.ndarray:
-    """``N x 1 x R x R`` images in ``[-1, 1]`` -> ``N x R x R`` uint8 (values outside are clipped).
-
-    Example:
-        >>> to_uint8(np.array([[[[-1.0, 0.0, 1.0]]]])).tolist()
-        [[[0, 128, 255]]]
-    """
-    x = images.detach().cpu().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
-    x = np.clip((x.astype(np.float64) + 1.0) * 127.5, 0, 255)
-    return np.rint(x).astype(np.uint8)[:, 0]
-
-
-def save_gif(frames: np.ndarray, path: str | Path, fps: float = 15.0, bounce: bool = True) -> None:
-    """Animated GIF of ``N x R x R`` uint8 frames (forth and back when ``bounce``), written atomically."""
-    import imageio.v2 as imageio
-
-    seq = list(frames) + (list(frames[-2:0:-1]) if bounce and len(frames) > 2 else [])
-    with atomic_path(path) as tmp:
-        imageio.mimsave(tmp, seq, format="GIF", duration=1000.0 / fps, loop=0)  # milliseconds per frame
-
-
-def save_strip(frames: np.ndarray, path: str | Path, n: int = 10, gap: int = 2) -> None:
-    """PNG strip of ``n`` evenly spaced frames (first and last included), separated by ``gap`` pixels."""
-    import imageio.v2 as imageio
-
-    idx = np.unique(np.linspace(0, len(frames) - 1, min(n, len(frames))).round().astype(int))
-    h, w = frames.shape[1:]
-    strip = np.full((h, len(idx) * (w + gap) - gap), 255, dtype=np.uint8)
-    for j, i in enumerate(idx):
-        strip[:, j * (w + gap) : j * (w + gap) + w] = frames[i]
-    with atomic_path(path) as tmp:
-        imageio.imwrite(tmp, strip, format="PNG")
 
 
 @torch.no_grad()

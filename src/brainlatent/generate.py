@@ -17,13 +17,12 @@ Example:
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from brainlatent.errors import BrainlatentError
+from brainlatent.images import image_grid, save_png, to_uint8
 from brainlatent.models.stylegan import Generator, load_generator
 
 
@@ -102,37 +101,6 @@ def generate_images(
             w = G.mapping(z, truncation_psi=truncation_psi)
         out.append(G.synthesis(w, noise=noise).float().cpu())
     return torch.cat(out)
-
-
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """``N × 1 × H × W`` in [-1, 1] → ``N × H × W`` uint8 (values outside are clipped)."""
-    x = images.detach().float().cpu()
-    if x.ndim != 4 or x.shape[1] != 1:
-        raise ValueError(f"expected N x 1 x H x W images, got {tuple(x.shape)}")
-    return ((x[:, 0] + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
-
-
-def image_grid(images: torch.Tensor, ncols: int | None = None, pad: int = 0) -> np.ndarray:
-    """Tile ``N × 1 × H × W`` images row-major into one uint8 picture (``ncols`` default ⌈√N⌉)."""
-    tiles = to_uint8(images)
-    n, h, w = tiles.shape
-    ncols = ncols or math.ceil(math.sqrt(n))
-    nrows = math.ceil(n / ncols)
-    grid = np.zeros((nrows * (h + pad) - pad, ncols * (w + pad) - pad), dtype=np.uint8)
-    for i, tile in enumerate(tiles):
-        r, c = divmod(i, ncols)
-        grid[r * (h + pad):r * (h + pad) + h, c * (w + pad):c * (w + pad) + w] = tile
-    return grid
-
-
-def save_png(array: np.ndarray, path: str | Path) -> None:
-    """Write a 2D uint8 array as a greyscale PNG, atomically."""
-    from PIL import Image
-
-    from brainlatent.io import atomic_path
-
-    with atomic_path(path) as tmp:
-        Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8)).save(tmp, format="PNG")
 
 
 # --------------------------------------------------------------------------------------------

@@ -36,8 +36,7 @@ STAGE_KEYS: dict[str, tuple[str, ...]] = {
         "attributes[].name", "attributes[].kind", "attributes[slices.split.stratify]",
     ),
     "train_classifier": ("seed", "attributes", "classifier", "-classifier.lpips_weights"),
-    # the architecture and latent size come from the job's wildcards
-    "train_gan": ("seed", "gan", "-gan.archs", "-gan.latent_sizes"),
+    # a generator's trainer: ``"train:<family>"``, keys from brainlatent.models.families
     "evaluate:ppl": ("seed", "study", "evaluate.batch_size", "evaluate.ppl", "classifier.lpips_weights"),
     "evaluate:path_profile": ("seed", "study", "evaluate.batch_size", "evaluate.path_profile"),
     "evaluate:separability": ("seed", "study", "evaluate.batch_size", "evaluate.separability", "attributes"),
@@ -47,18 +46,27 @@ STAGE_KEYS: dict[str, tuple[str, ...]] = {
 }
 
 
+def stage_keys(stage: str) -> tuple[str, ...]:
+    """The selectors of one stage; ``"train:<family>"`` asks the generator-family registry."""
+    if stage.startswith("train:"):
+        from brainlatent.models.families import get_family
+
+        return get_family(stage.split(":", 1)[1]).stage_keys
+    if stage not in STAGE_KEYS:
+        raise BrainlatentError(f"unknown stage '{stage}'; stages with a key list: {sorted(STAGE_KEYS)} and train:<family>")
+    return STAGE_KEYS[stage]
+
+
 def stage_view(cfg: dict, stage: str) -> dict:
     """The part of a completed study config that ``stage`` reads (a new plain dict).
 
     Example:
         >>> from brainlatent.config import load_config
-        >>> sorted(stage_view(load_config({}), "train_gan")["gan"])[:3]
+        >>> sorted(stage_view(load_config({}), "train:stylegan")["gan"])[:3]
         ['batch_size', 'betas', 'channels_base']
     """
-    if stage not in STAGE_KEYS:
-        raise BrainlatentError(f"unknown stage '{stage}'; stages with a key list: {sorted(STAGE_KEYS)}")
     out: dict[str, Any] = {}
-    for selector in STAGE_KEYS[stage]:
+    for selector in stage_keys(stage):
         if selector == "*":
             out = copy.deepcopy(dict(cfg))
         elif selector.startswith("-"):

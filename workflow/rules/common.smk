@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from brainlatent.config import resolve_study
+from brainlatent.models.families import families, get_family, model_id
 from brainlatent.stage_keys import stage_view
 
 # One resolved config per study: a --configfile is the whole study (keys it leaves out take the
@@ -24,8 +25,8 @@ LOGS = f"{S}/logs"
 BENCH = f"{S}/benchmarks"
 RES = CFG["slices"]["resolution"]
 SLICES = f"{S}/slices/{RES}"
-MODELS = [f"{arch}-z{z}" for arch in CFG["gan"]["archs"] for z in CFG["gan"]["latent_sizes"]]
-METRICS = ["ppl", "path_profile", "separability", "quality"]
+MODELS = [model_id(arch, z) for arch in CFG["gan"]["archs"] for z in CFG["gan"]["latent_sizes"]]
+FAMILY_PATTERN = "|".join(families())
 GPU = {"gpu": 1, "runtime": CFG["resources"]["gpu_runtime_min"], "mem_mb": CFG["resources"]["gpu_mem_mb"]}
 CPU = {"runtime": CFG["resources"]["cpu_runtime_min"], "mem_mb": CFG["resources"]["cpu_mem_mb"]}
 ENV = "../../envs/brainlatent.yaml"
@@ -105,7 +106,9 @@ def model_outputs():
 
 
 def eval_outputs():
-    return expand(f"{S}/eval/{{model}}/{{metric}}.json", model=MODELS, metric=METRICS)
+    """Every metric JSON: for each model, the metrics its family lists in the registry."""
+    return [f"{S}/eval/{model_id(arch, z)}/{metric}.json" for arch in CFG["gan"]["archs"]
+            for z in CFG["gan"]["latent_sizes"] for metric in get_family(arch).metrics]
 
 
 def all_targets():

@@ -1,4 +1,4 @@
-# Generators (GPU rule): StyleGAN and the mapping-free GAN, one job per (arch, latent size).
+# Generators (GPU rule): one job per (family, latent size); families from brainlatent.models.families.
 
 
 rule train_gan:
@@ -10,7 +10,7 @@ rule train_gan:
         # failed or cancelled job, and a resumed run continues the log it finds
         network=f"{S}/gan/{{arch}}-z{{zdim}}/network.pt",
     params:
-        config=stage_config("train_gan"),
+        config=lambda w: stage_config(f"train:{w.arch}"),
         slices=input_folder("manifest"),
         out=output_folder("network"),
     log:

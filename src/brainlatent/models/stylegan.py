@@ -402,6 +402,7 @@ class Generator(nn.Module):
         self.img_channels = img_channels
         self.has_mapping = arch == "stylegan"
         self.normalizes_z = self.has_mapping
+        self.c_dim = 0  # unconditional (see brainlatent.models.families for the protocol)
         self.synthesis = SynthesisNetwork(w_dim, resolution, channels_base, channels_max, img_channels)
         if self.has_mapping:
             self.mapping = MappingNetwork(z_dim, w_dim, mapping_layers, mapping_lr_multiplier, w_avg_beta)

@@ -19,24 +19,19 @@ preemption) writes a checkpoint and exits with status 143.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import csv
 import logging
-import signal
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from torch import nn
 
 from brainlatent.config import derive_seed, load_stage_config
 from brainlatent.errors import BrainlatentError
-from brainlatent.generate import image_grid, save_png
+from brainlatent.images import image_grid, save_png
 from brainlatent.io import write_json, write_table
 from brainlatent.models.discriminator import Discriminator
 from brainlatent.models.stylegan import ARCHS, Generator, load_generator, save_network
@@ -49,9 +44,18 @@ from brainlatent.train.checkpoint import (
     resume_matching,
     save_checkpoint,
 )
+from brainlatent.train.common import (
+    SigtermFlag,
+    TrainImages,
+    TrainingInterrupted,
+    ema_beta,
+    ema_update,
+    every_nimg,
+    kimg_name,
+)
 from brainlatent.train.losses import critic_loss, generator_loss
 
-__all__ = ["train_gan", "load_generator", "ema_beta", "ema_update", "mix_styles", "add_arguments", "run"]
+__all__ = ["train_gan", "load_generator", "ema_beta", "ema_update", "mix_styles"]
 
 log = logging.getLogger(__name__)
 
@@ -60,29 +64,10 @@ CHECKPOINT_KEYS = ["G", "D", "G_ema", "opt_G", "opt_D", "step", "nimg", "rng", "
 #: gan keys that may change between runs without invalidating a checkpoint (a longer run resumes)
 RESUMABLE_CHANGES = ("kimg", "log_kimg", "snapshot_kimg", "checkpoint_kimg", "keep_checkpoints")
 SNAPSHOT_IMAGES = 32  # 8 x 4 grid
-IN_MEMORY_BYTES = 2 * 1024 ** 3  # train images up to this size are copied into RAM
-
-
-class TrainingInterrupted(RuntimeError):
-    """Raised after a checkpoint was written because SIGTERM arrived."""
 
 
 # --------------------------------------------------------------------------------------------
 # Pieces with their own tests
-
-
-def ema_beta(batch_size: int, ema_kimg: float) -> float:
-    """Per-step EMA decay for a half-life of ``ema_kimg`` thousand images: ``0.5 ** (batch / (ema_kimg·1000))``."""
-    return 0.5 ** (batch_size / max(ema_kimg * 1000.0, 1e-8))
-
-
-@torch.no_grad()
-def ema_update(ema: nn.Module, model: nn.Module, beta: float) -> None:
-    """``p_ema ← beta · p_ema + (1 − beta) · p`` for every parameter; buffers (w_avg) are copied."""
-    for p_ema, p in zip(ema.parameters(), model.parameters()):
-        p_ema.copy_(p.detach().lerp(p_ema, beta))
-    for b_ema, b in zip(ema.buffers(), model.buffers()):
-        b_ema.copy_(b)
 
 
 def mix_styles(G: Generator, z: torch.Tensor, prob: float, update_w_avg: bool = False) -> torch.Tensor:
@@ -97,79 +82,7 @@ def mix_styles(G: Generator, z: torch.Tensor, prob: float, update_w_avg: bool = 
 
 
 # --------------------------------------------------------------------------------------------
-# Data
-
-
-class TrainImages:
-    """The training split of a slice dataset; batches gathered by index.
-
-    Small datasets are copied into memory; large ones are read from the memmap batch by batch.
-    """
-
-    def __init__(self, slices_dir: str | Path) -> None:
-        from brainlatent.slices import load_slices
-
-        images, manifest = load_slices(slices_dir)
-        if "split" not in manifest.columns:
-            raise BrainlatentError(f"{slices_dir}/manifest.parquet: no 'split' column; expected train/val/test per slice")
-        if images.ndim != 4 or images.shape[1] != 1 or images.shape[2] != images.shape[3]:
-            raise BrainlatentError(f"{slices_dir}/images.npy: shape {images.shape}; expected N x 1 x R x R")
-        train = manifest[manifest["split"] == "train"]
-        rows = np.sort((train["index"] if "index" in train.columns else train.index).to_numpy(dtype=np.int64))
-        if len(rows) == 0:
-            raise BrainlatentError(f"{slices_dir}/manifest.parquet: no slice has split 'train'")
-        self.rows = rows  # position i of the training split = row rows[i] of images.npy
-        self.resolution = int(images.shape[-1])
-        if len(rows) * images[0].nbytes <= IN_MEMORY_BYTES:
-            self.memory: torch.Tensor | None = torch.from_numpy(np.ascontiguousarray(images[rows], dtype=np.float32))
-            self.images = None
-        else:
-            self.memory = None
-            self.images = images
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def get(self, idx: torch.Tensor) -> torch.Tensor:
-        """Images ``idx`` (positions in the training split) as ``B × 1 × R × R`` float32."""
-        if self.memory is not None:
-            return self.memory.index_select(0, idx)
-        return torch.from_numpy(np.ascontiguousarray(self.images[self.rows[idx.numpy()]], dtype=np.float32))
-
-
-# --------------------------------------------------------------------------------------------
 # Training loop helpers
-
-
-class _SigtermFlag:
-    """Context manager that records SIGTERM instead of dying (main thread only)."""
-
-    def __init__(self) -> None:
-        self.received = False
-        self._installed = False
-        self._previous: Any = None
-
-    def _handle(self, signum, frame) -> None:  # noqa: ARG002
-        log.warning("SIGTERM received: writing a checkpoint, then stopping")
-        self.received = True
-
-    def __enter__(self) -> _SigtermFlag:
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-            self._installed = True
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._installed:
-            signal.signal(signal.SIGTERM, self._previous if self._previous is not None else signal.SIG_DFL)
-
-
-def _kimg_name(nimg: int) -> str:
-    return f"{nimg / 1000:010.3f}"
-
-
-def _every(kimg: float) -> int:
-    return max(1, int(round(kimg * 1000)))
 
 
 def _trim_log(path: Path, max_step: int) -> None:
@@ -243,7 +156,7 @@ def train_gan(
         Summary dict: ``network``, ``kimg``, ``steps``, ``seconds`` (this call), ``s_per_kimg``
         (this call), ``resumed_from`` (checkpoint path or None), ``device``.
     """
-    cfg = load_stage_config(cfg, "train_gan")  # exactly the keys the workflow gives this stage
+    cfg = load_stage_config(cfg, f"train:{arch}")  # exactly the keys the workflow gives this stage
     gcfg = cfg["gan"]
     _check_inputs(arch, z_dim)
     out_dir = Path(out_dir)
@@ -258,7 +171,7 @@ def train_gan(
         channels_max=int(gcfg["channels_max"]), img_channels=1,
     )
     fork_devices = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=fork_devices), _SigtermFlag() as sigterm:
+    with torch.random.fork_rng(devices=fork_devices), SigtermFlag() as sigterm:
         torch.manual_seed(seed)
         G = Generator(**generator_config).to(device)
         D = Discriminator(data.resolution, gcfg["channels_base"], gcfg["channels_max"]).to(device)
@@ -274,7 +187,7 @@ def train_gan(
         step, nimg, wall_before = 0, 0, 0.0
 
         fingerprint = training_fingerprint(gcfg, seed, arch, z_dim, generator_config, dataset_identity(slices_dir))
-        total = _every(gcfg["kimg"])
+        total = every_nimg(gcfg["kimg"])
         resumed_from, state = resume_matching(
             ckpt_dir, fingerprint, required_keys=CHECKPOINT_KEYS,
             still_valid=lambda s: None if int(s["nimg"]) <= total else f"trained past the configured {gcfg['kimg']} kimg ({int(s['nimg']) / 1000:g})",
@@ -310,10 +223,10 @@ def train_gan(
         if not (sample_dir / "reals.png").exists():
             save_png(image_grid(data.get(torch.arange(min(SNAPSHOT_IMAGES, len(data)))), ncols=8), sample_dir / "reals.png")
         if nimg == 0:
-            _snapshot(G_ema, snap_z, snap_noise, sample_dir / f"fakes-{_kimg_name(0)}.png")
+            _snapshot(G_ema, snap_z, snap_noise, sample_dir / f"fakes-{kimg_name(0)}.png")
 
         beta = ema_beta(batch, gcfg["ema_kimg"])
-        every_log, every_snap, every_ckpt = _every(gcfg["log_kimg"]), _every(gcfg["snapshot_kimg"]), _every(gcfg["checkpoint_kimg"])
+        every_log, every_snap, every_ckpt = every_nimg(gcfg["log_kimg"]), every_nimg(gcfg["snapshot_kimg"]), every_nimg(gcfg["checkpoint_kimg"])
         next_log, next_snap, next_ckpt = ((nimg // e + 1) * e for e in (every_log, every_snap, every_ckpt))
         sums: dict[str, torch.Tensor] = {}
         n_sum, last_ckpt_nimg = 0, (nimg if resumed_from is not None else -1)
@@ -322,7 +235,7 @@ def train_gan(
         bar = _progress(total, nimg)
 
         def checkpoint() -> Path:
-            path = ckpt_dir / f"ckpt-{_kimg_name(nimg)}.pt"
+            path = ckpt_dir / f"ckpt-{kimg_name(nimg)}.pt"
             save_checkpoint({
                 "G": G.state_dict(), "D": D.state_dict(), "G_ema": G_ema.state_dict(),
                 "opt_G": opt_G.state_dict(), "opt_D": opt_D.state_dict(),
@@ -352,7 +265,7 @@ def train_gan(
                 sums, n_sum, t_tick, nimg_tick = {}, 0, now, nimg
                 next_log = (nimg // every_log + 1) * every_log
             if nimg >= next_snap or nimg >= total:
-                _snapshot(G_ema, snap_z, snap_noise, sample_dir / f"fakes-{_kimg_name(nimg)}.png")
+                _snapshot(G_ema, snap_z, snap_noise, sample_dir / f"fakes-{kimg_name(nimg)}.png")
                 next_snap = (nimg // every_snap + 1) * every_snap
             if nimg >= next_ckpt or nimg >= total or sigterm.received:
                 checkpoint()
@@ -441,28 +354,3 @@ def _report(row: dict[str, float], bar, total: int) -> None:
     log.info("kimg %.3f/%.3f step %d loss_d %.4f loss_g %.4f gp %.4f W %.4f %.1f img/s",
              row["kimg"], total / 1000, row["step"], row["loss_d"], row["loss_g"], row["gp"],
              row["wasserstein"], row["img_per_s"])
-
-
-# --------------------------------------------------------------------------------------------
-# CLI
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="study config: YAML path or inline JSON")
-    parser.add_argument("--slices", required=True, metavar="DIR", help="slice dataset folder (images.npy + manifest.parquet)")
-    parser.add_argument("--arch", required=True, choices=list(ARCHS), help="stylegan, or gan (no mapping network)")
-    parser.add_argument("--zdim", required=True, type=int, help="latent size")
-    parser.add_argument("--out", required=True, metavar="DIR", help="run folder (resumed if it has checkpoints)")
-    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
-
-
-def run(args: argparse.Namespace) -> None:
-    cfg = load_stage_config(args.config, "train_gan")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
-        train_gan(cfg, args.slices, args.arch, args.zdim, args.out, device=args.device)
-    except TrainingInterrupted as exc:
-        log.error("%s", exc)
-        sys.exit(128 + signal.SIGTERM)

@@ -1,0 +1,99 @@
+"""Seeded sampling from any generator family: latents, labels, noise, images.
+
+Every metric and picture draws through here, so an image is a function of (network, seed, batch
+layout) alone. Any family's network follows the protocol of :mod:`brainlatent.models.families`:
+``z_dim``, ``c_dim`` (0 = unconditional), ``has_mapping``, ``mapping(z)`` or ``mapping(z, c)``,
+``synthesis(w, noise)``, ``noise_shapes()`` and, for conditional families, ``sample_labels(n, rng)``
+(labels drawn from the training table's joint distribution).
+
+Example:
+    >>> from brainlatent.models.stylegan import Generator
+    >>> G = Generator(8, resolution=8, channels_base=64, channels_max=8)
+    >>> s = sample(G, 3, seed=1)
+    >>> s.images.shape, sorted(s.latents)
+    (torch.Size([3, 1, 8, 8]), ['w', 'z'])
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from brainlatent.progress import progress
+
+
+def sample_noise(generator, n: int, rng: torch.Generator) -> list[torch.Tensor]:
+    """Independent per-image noise, ``n x 1 x H x W`` per noise layer, drawn from ``rng`` ([] without noise)."""
+    return [torch.randn((n, *tuple(shape[1:])), generator=rng) for shape in generator.noise_shapes()]
+
+
+def sample_labels(generator, n: int, rng: torch.Generator) -> torch.Tensor | None:
+    """``n x c_dim`` labels from the family's label distribution; ``None`` for an unconditional family."""
+    if not getattr(generator, "c_dim", 0):
+        return None
+    return generator.sample_labels(n, rng)
+
+
+def to_w(generator, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+    """Z (and labels) → W: the mapping network, or the family's identity when it has none."""
+    return generator.mapping(z) if c is None else generator.mapping(z, c)
+
+
+@dataclass
+class Batch:
+    """One batch of a seeded draw: ``z`` (N x z_dim), ``c`` (labels or None), ``w``, ``noise``, ``images``."""
+
+    z: torch.Tensor
+    c: torch.Tensor | None
+    w: torch.Tensor
+    noise: list[torch.Tensor]
+    images: torch.Tensor
+
+
+def batches(
+    generator,
+    n: int,
+    seed: int,
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+    labels: torch.Tensor | None = None,
+    desc: str = "samples",
+) -> Iterator[Batch]:
+    """``n`` images in batches, z ~ N(0, I), random noise, labels drawn (or ``labels`` given), no truncation.
+
+    Draw order per batch from one CPU generator seeded with ``seed``: z, labels, noise.
+    """
+    rng = torch.Generator(device="cpu").manual_seed(int(seed))
+    n_batches = math.ceil(n / batch_size)
+    for b in progress(range(n_batches), n_batches, desc):
+        m = min(batch_size, n - b * batch_size)
+        z = torch.randn((m, generator.z_dim), generator=rng)
+        c = labels[b * batch_size: b * batch_size + m] if labels is not None else sample_labels(generator, m, rng)
+        noise = [x.to(device) for x in sample_noise(generator, m, rng)]
+        z, c = z.to(device), (c.to(device) if c is not None else None)
+        w = to_w(generator, z, c)
+        yield Batch(z, c, w, noise, generator.synthesis(w, noise=noise))
+
+
+@dataclass
+class Sample:
+    """``images`` (N x 1 x R x R) with their ``latents`` in every space the family has, and ``labels``."""
+
+    images: torch.Tensor
+    latents: dict[str, torch.Tensor] = field(default_factory=dict)
+    labels: torch.Tensor | None = None
+
+
+@torch.no_grad()
+def sample(generator, n: int, seed: int, labels: torch.Tensor | None = None, batch_size: int = 64,
+           device: str | torch.device = "cpu") -> Sample:
+    """The family-independent ``sample(n, seed, labels=None)``: images and latents in Z (and W)."""
+    parts = list(batches(generator, n, seed, batch_size, device, labels))
+    latents = {"z": torch.cat([p.z for p in parts]).cpu()}
+    if generator.has_mapping:
+        latents["w"] = torch.cat([p.w for p in parts]).cpu()
+    c = torch.cat([p.c for p in parts]).cpu() if parts and parts[0].c is not None else None
+    return Sample(torch.cat([p.images.float() for p in parts]).cpu(), latents, c)

@@ -55,6 +55,7 @@ import yaml
 
 from brainlatent import io
 from brainlatent.config import load_config, study_dir, validate
+from brainlatent.models.families import model_id
 from brainlatent.errors import BrainlatentError, raise_if_problems
 
 log = logging.getLogger(__name__)
@@ -410,7 +411,7 @@ def _table(comp, settings: list[tuple], group_cols: Sequence[str], table_id: str
     head += "".join(f"<th>{_esc(', '.join(f'{k}={v}' for k, v in zip(group_cols, s)) or 'all runs')}</th>" for s in settings)
     body = []
     for arch, z, metric, variant, stat in rows:
-        model = arch if z is None else f"{arch}-z{z}"
+        model = arch if z is None else model_id(arch, z)
         cells = [f'<td class="label">{_esc(model)}</td>', f'<td class="label">{_esc(metric)}</td>',
                  f'<td class="label">{_esc(variant)}</td>', f'<td class="label">{_esc(stat)}</td>']
         for s in settings:

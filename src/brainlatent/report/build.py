@@ -49,6 +49,8 @@ import numpy as np
 
 from brainlatent import __version__, io
 from brainlatent.config import config_hash, load_stage_config
+from brainlatent.errors import BrainlatentError
+from brainlatent.models.families import families, model_id, parse_model_id
 from brainlatent.report import figures
 
 log = logging.getLogger(__name__)
@@ -71,8 +73,6 @@ PUBLISHED_TABLE2: dict[tuple[int, str, str], tuple[float, float, float, float]] 
 }
 #: Table 1's columns in its order: attribute name -> column title
 TABLE1_HEADS = {"age": "age", "edss": "disease score (EDSS)", "sex": "sex", "ms_type": "MS type"}
-ARCH_NAMES = {"stylegan": "StyleGAN", "gan": "GAN (no mapping network)"}
-ARCH_ORDER = ("stylegan", "gan")
 SPLITS = ("train", "val", "test")
 OPEN_MS_CITATION = (
     "Lesjak Ž., Pernuš F., Likar B., Špiclin Ž., \u201cValidation of white-matter lesion change detection "
@@ -238,11 +238,17 @@ def section(sid: str, title: str, body: str) -> str:
 
 
 def model_name(arch: str, z: int) -> str:
-    return f"{arch}-z{z}"
+    return model_id(arch, z)
+
+
+def spaces_of(arch: str) -> tuple[str, ...]:
+    """The latent spaces of a family (Z only for a family this version does not know)."""
+    return families()[arch].spaces if arch in families() else ("z",)
 
 
 def arch_label(arch: str) -> str:
-    return ARCH_NAMES.get(arch, arch)
+    """The family's label from the registry (the id itself for a family this version does not know)."""
+    return families()[arch].label if arch in families() else arch
 
 
 # --------------------------------------------------------------------------------------------
@@ -295,10 +301,13 @@ class StudyFiles:
             base = self.root / folder
             if base.is_dir():
                 for d in base.iterdir():
-                    arch, _, z = d.name.rpartition("-z")
-                    if d.is_dir() and arch and z.isdigit():
-                        found.add((arch, int(z)))
-        order = {a: i for i, a in enumerate(ARCH_ORDER)}
+                    try:
+                        arch, z = parse_model_id(d.name)
+                    except BrainlatentError:
+                        continue
+                    if d.is_dir():
+                        found.add((arch, z))
+        order = {a: i for i, a in enumerate(families())}
         return sorted(found, key=lambda m: (m[1], order.get(m[0], 99), m[0]))
 
     def eval_doc(self, arch: str, z: int, metric: str) -> tuple[dict | None, str]:
@@ -448,7 +457,7 @@ def section_glance(st: StudyFiles) -> str:
                     "for always guessing the most common class. The separability labels below come from this classifier."
                 )
     for arch, z in st.models():
-        if arch != "stylegan":
+        if "w" not in spaces_of(arch):
             continue
         doc, rel = st.eval_doc(arch, z, "separability")
         for name in sep_attrs:
@@ -749,7 +758,7 @@ def section_generators(st: StudyFiles) -> str:
             if strip is not None:
                 gif = f"../eval/{name}/interpolations/interp_{space}.gif"
                 link = f' (<a href="{_attr(gif)}">animation</a>)' if st.exists(f"eval/{name}/interpolations/interp_{space}.gif") else ""
-                label = space.upper() if (arch == "stylegan" or space == "z") else "W = Z (no mapping network)"
+                label = space.upper() if ("w" in spaces_of(arch) or space == "z") else "W = Z (no mapping network)"
                 strips.append(figure(strip, f"Linear interpolation in {esc(label)}{link}.", f"interpolation {space} {name}", css="pixel"))
         if strips:
             body.append('<div class="grid two">' + "".join(strips) + "</div>")
@@ -838,7 +847,7 @@ def section_path_profile(st: StudyFiles) -> str:
                             "fig-profile-gan"))
     rows, classes = [], []
     for (arch, z), (doc, rel) in docs.items():
-        spaces = ["z", "w"] if arch == "stylegan" else ["z"]
+        spaces = list(spaces_of(arch))
         for i, sp in enumerate(spaces):
             k = f"results.{sp}"
             if doc is None:
@@ -908,7 +917,7 @@ def section_separability(st: StudyFiles) -> str:
                 keys.add((z, arch, "-"))
         if name == "sex":
             keys |= set(PUBLISHED_TABLE2)
-        arch_rank = {a: i for i, a in enumerate(ARCH_ORDER)}
+        arch_rank = {a: i for i, a in enumerate(families())}
         ordered = sorted(keys, key=lambda k: (-k[0], arch_rank.get(k[1], 9), order.get(k[2], 2)))
         rows, classes = [], []
         prev_z, degenerate = None, False

@@ -32,6 +32,7 @@ from brainlatent import __version__
 from brainlatent.config import config_hash, derive_seed, load_config
 from brainlatent.errors import BrainlatentError
 from brainlatent.io import load_torch, write_json
+from brainlatent.numerics import module_dtype, numerics_info, strict_float32
 
 log = logging.getLogger(__name__)
 
@@ -132,19 +133,26 @@ def generated_features(generator, features, n: int, batch_size: int, seed: int, 
 # One function per metric family: (results, settings, notes)
 
 
-def evaluate_ppl(cfg: dict, generator, distance_fn, seed: int, device) -> tuple[dict, dict, list[str]]:
-    from brainlatent.metrics.ppl import perceptual_path_length, variants_for
+def evaluate_ppl(cfg: dict, generator, distance_fn, seed: int, device) -> tuple[dict, dict, list[str], dict]:
+    from brainlatent.metrics.ppl import BOOTSTRAP_RESAMPLES, bootstrap_seed, compare_variants, describe_variant, ppl_distances, variants_for
 
     p = cfg["evaluate"]["ppl"]
-    results, per_variant, notes = {}, {}, []
+    bs = cfg["evaluate"]["batch_size"]
+    results, per_variant, notes, distances = {}, {}, [], {}
     for name in variants_for(generator):
         space, sampling = name.split("_")
-        r = perceptual_path_length(
-            generator, distance_fn, space, sampling, p["num_samples"], p["epsilon"], cfg["evaluate"]["batch_size"], seed, device
-        )
-        results[name] = {k: r[k] for k in ("mean", "std", "n_kept", "n_total", "lo", "hi")}
+        distances[name] = ppl_distances(generator, distance_fn, space, sampling, p["num_samples"], p["epsilon"], bs, seed, device)
+        r = describe_variant(distances[name], generator, space, sampling, p["epsilon"], bs, seed)
+        results[name] = {k: r[k] for k in ("mean", "std", "se", "ci_low", "ci_high", "n_kept", "n_total", "lo", "hi")}
         per_variant[name] = {k: r[k] for k in ("interpolation", "z_rescaled")}
         notes += [f"{name}: {n}" for n in r["notes"]]
+    comparisons = compare_variants(distances, bootstrap_seed(seed))
+    for key, c in comparisons.items():
+        if not c["se_below_quarter_gap"]:
+            notes.append(
+                f"{key}: the standard error of the difference ({c['se']:.4g}) is above a quarter of the difference "
+                f"({c['difference']:.4g}); raise evaluate.ppl.num_samples to resolve it (docs/metrics.md, sample counts)"
+            )
     settings = {
         "num_samples": p["num_samples"],
         "epsilon": p["epsilon"],
@@ -156,10 +164,16 @@ def evaluate_ppl(cfg: dict, generator, distance_fn, seed: int, device) -> tuple[
         "filter": "keep P1 (method lower) <= d <= P99 (method higher)",
         "std_ddof": 1,
         "same_seed_for_every_variant": True,
+        "standard_error": (
+            f"se, ci_low, ci_high: bootstrap over the per-pair values ({BOOTSTRAP_RESAMPLES} resamples, the filter "
+            "re-applied to each resample), std (ddof=1) and 2.5/97.5 percentiles of the filtered means"
+        ),
+        "bootstrap_resamples": BOOTSTRAP_RESAMPLES,
+        "bootstrap_seed": bootstrap_seed(seed),
     }
     if not generator.has_mapping:
         notes.append(f"arch '{generator.arch}' has no mapping network: only the Z variants")
-    return results, settings, notes
+    return results, settings, notes, ({"comparisons": comparisons} if comparisons else {})
 
 
 def evaluate_path_profile(
@@ -282,13 +296,18 @@ def evaluate(
         slices: slice dataset folder (quality).
         plot, gif_dir: extra outputs of ``path_profile``.
         distance_fn: the PPL distance (default ``features.distance``).
+        classifier_metrics: the classifier's ``metrics.json`` (separability: the interpretability check).
+
+    Every family runs with TF32 off (:func:`brainlatent.numerics.strict_float32`); the document's
+    ``settings.numerics`` records device, dtype, torch version and the TF32 flags.
     """
     if metric not in METRICS:
         raise BrainlatentError(f"--metric: expected one of {METRICS}, got '{metric}'")
     seed = metric_seed(cfg, metric, generator)
     extra: dict = {}
+    strict_float32()
     if metric == "ppl":
-        results, settings, notes = evaluate_ppl(cfg, generator, distance_fn or features.distance, seed, device)
+        results, settings, notes, extra = evaluate_ppl(cfg, generator, distance_fn or features.distance, seed, device)
     elif metric == "path_profile":
         results, settings, notes, extra = evaluate_path_profile(cfg, generator, features, seed, device, plot, gif_dir)
     elif metric == "separability":
@@ -320,6 +339,7 @@ def evaluate(
             "torch_version": torch.__version__,
             "config_hash": config_hash(cfg),
             **settings,
+            "numerics": numerics_info(device, module_dtype(generator)),
         },
         "notes": notes,
     }

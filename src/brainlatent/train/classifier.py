@@ -69,6 +69,7 @@ from brainlatent.attributes import bin_centres, class_names, n_classes
 from brainlatent.config import derive_seed, load_config
 from brainlatent.errors import BrainlatentError
 from brainlatent.models.vgg import VGG16Classifier
+from brainlatent.numerics import strict_float32
 from brainlatent.train.checkpoint import capture_rng_state, load_latest_checkpoint, restore_rng_state, save_checkpoint
 
 log = logging.getLogger(__name__)
@@ -457,6 +458,7 @@ def train_classifier(cfg: dict, slices_dir: str | Path, out_dir: str | Path) -> 
         The contents of ``metrics.json``.
     """
     cfg = load_config(cfg)
+    strict_float32()  # TF32 off: the classifier's features define the perceptual metrics' distances
     cc, attrs = cfg["classifier"], cfg["attributes"]
     slices_dir, out_dir = Path(slices_dir), Path(out_dir)
     ckpt_dir = out_dir / "checkpoints"

@@ -205,7 +205,9 @@ def evaluate_path_profile(
     return results, settings, notes, {"curves": curves}
 
 
-def evaluate_separability(cfg: dict, generator, features, specs: list[dict], seed: int, device) -> tuple[dict, dict, list[str]]:
+def evaluate_separability(
+    cfg: dict, generator, features, specs: list[dict], seed: int, device, classifier_metrics: dict | None = None
+) -> tuple[dict, dict, list[str]]:
     from brainlatent.metrics.separability import linear_separability
 
     p = cfg["evaluate"]["separability"]
@@ -220,10 +222,14 @@ def evaluate_separability(cfg: dict, generator, features, specs: list[dict], see
         batch_size=cfg["evaluate"]["batch_size"],
         seed=seed,
         device=device,
+        classifier_metrics=classifier_metrics,
     )
     notes = []
     for key, entry in out["results"].items():
         notes += [f"{key}: {n}" for n in entry.pop("notes", [])]
+    notes += interpretability_notes(out["classifier_check"])
+    if p["repeats"] < 2:
+        notes.append("one repeat: no standard error over repeats (the _se values are null); set evaluate.separability.repeats >= 2")
     settings = {
         "num_samples": p["num_samples"],
         "num_kept": p["num_samples"] // 2,
@@ -235,10 +241,26 @@ def evaluate_separability(cfg: dict, generator, features, specs: list[dict], see
         "combined_score": "2 ** sum over attributes of H(Y|X) (bits), per repeat, then mean and std (ddof=1)",
         "heldout": "SVM fitted on a random half of the kept samples, scored on the other half",
         "std_ddof": 1,
+        "standard_error": "_se: std (ddof=1) over the repeats / sqrt(repeats); z_minus_w: per-repeat paired difference (same samples)",
+        "classifier_check": out["classifier_check"],
     }
     if not generator.has_mapping:
         notes.append(f"arch '{generator.arch}' has no mapping network: Z only")
     return out["results"], settings, notes
+
+
+def interpretability_notes(checks: dict[str, dict]) -> list[str]:
+    """One note per attribute whose separability cannot be interpreted, or whose check could not run."""
+    notes = []
+    for name, c in checks.items():
+        if c["interpretable"] is False:
+            notes.append(
+                f"{name}: NOT INTERPRETABLE: the classifier's {c['split']} {c['measure']} ({c['score']:.3f}) is not above "
+                f"its majority baseline ({c['baseline']:.3f}), so its labels carry no information to separate"
+            )
+        elif c["interpretable"] is None:
+            notes.append(f"{name}: interpretability unknown ({c['reason']})")
+    return notes
 
 
 def evaluate_quality(cfg: dict, generator, features, slices: str | Path, seed: int, device) -> tuple[dict, dict, list[str]]:
@@ -283,6 +305,7 @@ def evaluate(
     plot: str | Path | None = None,
     gif_dir: str | Path | None = None,
     distance_fn=None,
+    classifier_metrics: dict | None = None,
 ) -> dict:
     """Compute one metric family; returns the JSON document (without file provenance).
 
@@ -315,7 +338,7 @@ def evaluate(
             specs = cfg.get("attributes")
         if not specs:
             raise BrainlatentError("separability: no attribute specs (the classifier's heads) were given")
-        results, settings, notes = evaluate_separability(cfg, generator, features, specs, seed, device)
+        results, settings, notes = evaluate_separability(cfg, generator, features, specs, seed, device, classifier_metrics)
     else:
         if slices is None:
             raise BrainlatentError("--metric quality needs --slices (the slice dataset folder with the real test slices)")
@@ -361,6 +384,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plot", default=None, help="path_profile: PNG plot path (default: <out stem>.png beside --out)")
     parser.add_argument("--gif-dir", default=None, help="path_profile: folder for interp_{z,w}.{gif,png} (default: the folder of --out)")
     parser.add_argument("--lpips-weights", default=None, help="ppl with evaluate.ppl.distance 'lpips': the LPIPS-VGG16 state-dict file (default: classifier.lpips_weights of the config)")
+    parser.add_argument("--classifier-metrics", default=None, help="separability: the classifier's metrics.json (default: metrics.json beside --classifier)")
     parser.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:1 ...")
 
 
@@ -392,6 +416,18 @@ def _load_models(args, cfg: dict, device: torch.device):
     return generator, classifier, features, distance_fn, feature_info
 
 
+def load_classifier_metrics(args: argparse.Namespace) -> tuple[dict | None, str | None]:
+    """The classifier's ``metrics.json`` (``--classifier-metrics``, else beside ``--classifier``) and its path."""
+    path = Path(args.classifier_metrics) if args.classifier_metrics else Path(args.classifier).with_name("metrics.json")
+    if not path.exists():
+        if args.classifier_metrics:
+            raise BrainlatentError(f"--classifier-metrics {path}: file not found")
+        return None, None
+    from brainlatent.io import read_json
+
+    return read_json(path), str(path)
+
+
 def run(args: argparse.Namespace) -> None:
     cfg = load_config(args.config)
     for flag, path in (("--network", args.network), ("--classifier", args.classifier)):
@@ -404,7 +440,8 @@ def run(args: argparse.Namespace) -> None:
     generator, classifier, features, distance_fn, feature_info = _load_models(args, cfg, device)
     specs, spec_notes = classifier_specs(classifier, args.classifier, cfg)
     log.info("evaluate %s: %s z%d on %s", args.metric, generator.arch, generator.z_dim, device)
-    doc = evaluate(args.metric, cfg, generator, features, specs, device, args.slices, plot, gif_dir, distance_fn)
+    clf_metrics, clf_metrics_path = load_classifier_metrics(args) if args.metric == "separability" else (None, None)
+    doc = evaluate(args.metric, cfg, generator, features, specs, device, args.slices, plot, gif_dir, distance_fn, clf_metrics)
     doc["settings"]["network"] = str(args.network)
     doc["settings"]["network_sha256"] = sha256_file(args.network)
     doc["settings"]["feature_network"] = feature_info
@@ -412,5 +449,8 @@ def run(args: argparse.Namespace) -> None:
         doc["settings"]["slices"] = str(args.slices)
     if args.metric == "separability":
         doc["notes"] += spec_notes
+        if clf_metrics_path is not None:
+            doc["settings"]["feature_network"]["classifier_metrics"] = clf_metrics_path
+            doc["settings"]["feature_network"]["classifier_metrics_sha256"] = sha256_file(clf_metrics_path)
     write_json(out, doc)
     log.info("wrote %s", out)

@@ -74,3 +74,28 @@ def test_strict_float32_and_numerics_info(tf32_on):
     assert described["device"] == "cpu" and described["dtype"] == "float64"
     assert module_dtype(torch.nn.Linear(2, 2).double()) == torch.float64
     assert module_dtype(object()) == torch.float32
+
+
+class Called(Exception):
+    """Raised by the spy: proves the trainer turned TF32 off before touching data or networks."""
+
+
+def _spy():
+    raise Called
+
+
+@pytest.mark.parametrize("trainer", ["gan", "classifier"])
+def test_trainers_turn_tf32_off_first(trainer, monkeypatch, tmp_path):
+    import brainlatent.train.classifier as clf
+    import brainlatent.train.gan as gan
+
+    cfg = load_config({"study": "numerics", "seed": 1, "gan": {"archs": ["stylegan"]}})
+    missing = tmp_path / "no-slices"  # never read: the spy stops the trainer first
+    if trainer == "gan":
+        monkeypatch.setattr(gan, "strict_float32", _spy)
+        with pytest.raises(Called):
+            gan.train_gan(cfg, missing, "stylegan", 8, tmp_path / "out", device="cpu")
+    else:
+        monkeypatch.setattr(clf, "strict_float32", _spy)
+        with pytest.raises(Called):
+            clf.train_classifier(cfg, missing, tmp_path / "out")

@@ -554,7 +554,7 @@ def test_spearman_matches_scipy_and_is_labelled(built):
 
 
 def test_errors_and_not_interpretable_flags(built):
-    cfg, folder, out, page = built
+    _, folder, out, page = built
     text = out.read_text()
     # PPL: mean ± SE, traced to the JSON's bootstrap standard error
     ppl_rows = page.tables["table-ppl"][1:]

@@ -72,6 +72,7 @@ def test_every_metric_and_aggregate(study):
     assert all(r["n_total"] == 20 for r in doc["results"].values())
     assert all(r["se"] > 0 and r["ci_low"] <= r["mean"] <= r["ci_high"] for r in doc["results"].values())
     assert set(doc["comparisons"]) == {"z_full-w_full", "z_end-w_end"}
+    assert any("use at least 1000 pairs" in n for n in doc["notes"])  # 20 pairs: the errors are flagged as fragile
     s = doc["settings"]
     assert s["numerics"]["cuda_matmul_allow_tf32"] is False and s["numerics"]["cudnn_allow_tf32"] is False
     assert (s["numerics"]["device"], s["numerics"]["dtype"]) == ("cpu", "float32")

@@ -37,6 +37,8 @@ from brainlatent.numerics import module_dtype, numerics_info, strict_float32
 log = logging.getLogger(__name__)
 
 METRICS = ("ppl", "path_profile", "separability", "quality")
+#: below this many PPL pairs the bootstrap errors can be dominated by one outlier (docs/metrics.md)
+MIN_BOOTSTRAP_PAIRS = 1000
 
 
 # --------------------------------------------------------------------------------------------
@@ -146,6 +148,11 @@ def evaluate_ppl(cfg: dict, generator, distance_fn, seed: int, device) -> tuple[
         results[name] = {k: r[k] for k in ("mean", "std", "se", "ci_low", "ci_high", "n_kept", "n_total", "lo", "hi")}
         per_variant[name] = {k: r[k] for k in ("interpolation", "z_rescaled")}
         notes += [f"{name}: {n}" for n in r["notes"]]
+    if p["num_samples"] < MIN_BOOTSTRAP_PAIRS:
+        notes.append(
+            f"{p['num_samples']} pairs: the filter drops only about 1 % of them, so a single extreme value drawn several times "
+            f"in a bootstrap resample can dominate se and ci; use at least {MIN_BOOTSTRAP_PAIRS} pairs for trustworthy errors"
+        )
     comparisons = compare_variants(distances, bootstrap_seed(seed))
     for key, c in comparisons.items():
         if not c["se_below_quarter_gap"]:

@@ -70,7 +70,12 @@ def test_every_metric_and_aggregate(study):
     outs.append(out)
     assert set(doc["results"]) == {"z_full", "w_full", "z_end", "w_end"}
     assert all(r["n_total"] == 20 for r in doc["results"].values())
+    assert all(r["se"] > 0 and r["ci_low"] <= r["mean"] <= r["ci_high"] for r in doc["results"].values())
+    assert set(doc["comparisons"]) == {"z_full-w_full", "z_end-w_end"}
+    assert any("use at least 1000 pairs" in n for n in doc["notes"])  # 20 pairs: the errors are flagged as fragile
     s = doc["settings"]
+    assert s["numerics"]["cuda_matmul_allow_tf32"] is False and s["numerics"]["cudnn_allow_tf32"] is False
+    assert (s["numerics"]["device"], s["numerics"]["dtype"]) == ("cpu", "float32")
     assert s["feature_network"]["classifier_sha256"] == sha256_file(root / "model.pt")
     assert s["network_sha256"] == sha256_file(root / "stylegan.pt")
     assert (s["arch"], s["z_dim"], s["num_samples"], s["epsilon"], s["device"]) == ("stylegan", 8, 20, 1e-4, "cpu")
@@ -91,6 +96,8 @@ def test_every_metric_and_aggregate(study):
     outs.append(out)
     assert set(doc["results"]) == {"z/sex", "z/age", "z/combined", "w/sex", "w/age", "w/combined"}
     assert doc["settings"]["attributes"][1] == {"name": "age", "threshold": 40, "classes": ["<40", ">=40"]}
+    assert doc["results"]["w/sex"]["entropy_bits_se"] is not None and doc["results"]["w/sex"]["interpretable"] is None
+    assert any("interpretability unknown" in n for n in doc["notes"])  # no classifier metrics.json in this fixture
 
     out, doc = evaluate(root, cfg, "quality")
     outs.append(out)
@@ -110,6 +117,9 @@ def test_every_metric_and_aggregate(study):
     assert set(table["metric"]) == {"ppl", "path_profile", "separability", "quality"}
     row = table[(table.metric == "ppl") & (table.arch == "gan") & (table.variant == "z_end") & (table.statistic == "mean")]
     assert row["value"].item() == pytest.approx(json.loads(outs[1].read_text())["results"]["z_end"]["mean"])
+    se = table[(table.metric == "ppl") & (table.arch == "gan") & (table.variant == "z_end") & (table.statistic == "se")]
+    assert se["value"].item() == pytest.approx(json.loads(outs[1].read_text())["results"]["z_end"]["se"])
+    assert {"entropy_bits_se", "interpretable"} <= set(table[table.metric == "separability"]["statistic"])
     assert (table["study"] == "tiny").all()
 
 
@@ -125,3 +135,28 @@ def test_errors_exit_2(study, tmp_path, capsys):
     assert main(["aggregate", "--config", cfg, "--inputs", str(bad), "--out", str(tmp_path / "m.csv")]) == 2
     assert "missing key(s)" in capsys.readouterr().err
     assert not (tmp_path / "m.csv").exists() and not (tmp_path / "x.json").exists()
+
+
+def test_separability_is_flagged_from_the_classifier_metrics(study, tmp_path, capsys):
+    # the classifier's metrics.json beside model.pt: sex test accuracy 0.55 against a majority baseline of 0.6
+    root, cfg = study
+    clf = tmp_path / "classifier"
+    clf.mkdir()
+    (clf / "model.pt").write_bytes((root / "model.pt").read_bytes())
+    head = {"n": 20, "accuracy": 0.55, "majority_baseline_accuracy": 0.6, "class_names": ["F", "M"], "majority_class": "F",
+            "confusion_matrix": [[11, 1], [8, 0]]}
+    (clf / "metrics.json").write_text(json.dumps({"best": {"test": {"heads": {"sex": head}}}}))
+    out = tmp_path / "separability.json"
+    argv = ["evaluate", "--metric", "separability", "--config", cfg, "--network", str(root / "stylegan.pt"),
+            "--classifier", str(clf / "model.pt"), "--out", str(out), "--device", "cpu"]
+    assert main(argv) == 0
+    doc = json.loads(out.read_text())
+    assert doc["results"]["w/sex"]["interpretable"] is False and doc["results"]["z/sex"]["interpretable"] is False
+    assert doc["results"]["w/age"]["interpretable"] is None  # no age head in that metrics.json
+    assert doc["results"]["w/combined"]["interpretable"] is False
+    check = doc["settings"]["classifier_check"]["sex"]
+    assert (check["score"], check["baseline"], check["split"]) == (0.55, 0.6, "test")
+    assert doc["settings"]["feature_network"]["classifier_metrics_sha256"] == sha256_file(clf / "metrics.json")
+    assert any("sex: NOT INTERPRETABLE" in n for n in doc["notes"])
+    assert main([*argv, "--classifier-metrics", str(tmp_path / "nope.json")]) == 2
+    assert "nope.json: file not found" in capsys.readouterr().err

@@ -147,15 +147,18 @@ def _doc(cfg: dict, metric: str, arch: str, z: int, results: dict, settings: dic
 def _write_eval(study: Path, cfg: dict, arch: str, z: int, rng: np.random.Generator) -> list[Path]:
     from brainlatent.explore import save_gif, save_strip
     from brainlatent.metrics.path_profile import plot_path_profile, summarise_curves
-    from brainlatent.metrics.ppl import summarise
+    from brainlatent.metrics.ppl import compare_variants, summarise
     from brainlatent.metrics.quality import quality_report
-    from brainlatent.metrics.separability import combine_repeats, separability_from_latents
+    from brainlatent.metrics.separability import classifier_check, combine_repeats, flag_interpretability, separability_from_latents
 
     out = study / "eval" / f"{arch}-z{z}"
     spaces = ["z", "w"] if arch == "stylegan" else ["z"]
     scale = {"z": 1.0, "w": 0.3}
-    ppl = {f"{s}_{m}": summarise(rng.lognormal(np.log(200 * scale[s]), 0.5, 60)) for m in ("full", "end") for s in spaces}
-    io.write_json(out / "ppl.json", _doc(cfg, "ppl", arch, z, ppl, {"distance": "classifier", "num_samples": 60}))
+    base = rng.lognormal(np.log(200), 0.5, 60)  # paired variants: the same paths in Z and W
+    dists = {f"{s}_{m}": base * scale[s] * rng.lognormal(0, 0.2, 60) for m in ("full", "end") for s in spaces}
+    ppl = {v: summarise(d, seed=z) for v, d in dists.items()}
+    io.write_json(out / "ppl.json", _doc(cfg, "ppl", arch, z, ppl, {"distance": "classifier", "num_samples": 60},
+                                         comparisons=compare_variants(dists, seed=z)))
 
     steps = 12
     curves = {s: np.cumsum(rng.uniform(0.1, 1.0, (3, steps)) ** (1.0 if s == "w" else 2.0), axis=1) - 0.1 for s in spaces}
@@ -180,8 +183,14 @@ def _write_eval(study: Path, cfg: dict, arch: str, z: int, rng: np.random.Genera
             run[s] = {"sex": separability_from_latents(x, np.stack([1 - p1, p1], 1), seed=r)}
         per_repeat.append(run)
     sep = combine_repeats(per_repeat, spaces, ["sex"])
+    # stylegan-z16 is labelled by a classifier whose sex accuracy (0.55) is below its majority baseline (0.6)
+    acc = 0.55 if z == 16 else 0.9
+    head = {"n": 20, "accuracy": acc, "majority_baseline_accuracy": 0.6, "class_names": ["F", "M"], "majority_class": "F"}
+    checks = {"sex": classifier_check({"best": {"test": {"heads": {"sex": head}}}}, ATTRS[3], None)}
+    flag_interpretability(sep, checks, spaces, ["sex"])
     io.write_json(out / "separability.json", _doc(cfg, "separability", arch, z, sep,
-                                                  {"attributes": [{"name": "sex", "threshold": None, "classes": ["F", "M"]}], "spaces": spaces}))
+                                                  {"attributes": [{"name": "sex", "threshold": None, "classes": ["F", "M"]}], "spaces": spaces,
+                                                   "classifier_check": checks}))
 
     rep = quality_report(rng.normal(size=(24, 5)), rng.normal(0.3, 1.2, size=(30, 5)), kid_subsets=3, kid_subset_size=8, pr_k=3, seed=z)
     io.write_json(out / "quality.json", _doc(cfg, "quality", arch, z, {k: rep[k] for k in ("fid", "kid", "precision", "recall")},
@@ -542,3 +551,29 @@ def test_spearman_matches_scipy_and_is_labelled(built):
     assert "Spearman" in text and "ordinal-encoded" in text
     names = [c["text"] for c in page.tables["table-correlation"][0][1:]]
     assert names == ["age", "edss", "ms_type", "sex"]
+
+
+def test_errors_and_not_interpretable_flags(built):
+    _, folder, out, page = built
+    text = out.read_text()
+    # PPL: mean ± SE, traced to the JSON's bootstrap standard error
+    ppl_rows = page.tables["table-ppl"][1:]
+    first = ppl_rows[0]
+    keys = [sp["data-key"] for sp in first[2]["spans"]]
+    assert keys[:3] == ["results.z_full.mean", "results.z_full.se", "results.z_full.std"]
+    assert any(sp["data-key"] == "comparisons.z_full-w_full.difference" for row in ppl_rows for c in row for sp in c["spans"])
+    # separability: ± SE over repeats; stylegan-z16's classifier does not beat its baseline, so its rows carry ‡
+    rows = page.tables["table-separability"][2:]
+    ours = [r for r in rows if r[2]["spans"]]
+    assert all(r[2]["spans"][1]["data-key"].endswith("entropy_bits_se") for r in ours)
+    flagged = [r for r in rows if r[1]["text"].endswith("‡")]
+    assert len(flagged) == 2 and all(r[2]["spans"][0]["data-source"] == "eval/stylegan-z16/separability.json" for r in flagged)
+    assert "Not interpretable." in text and "settings.classifier_check.sex.baseline" in text
+    doc = json.loads((folder / "eval/stylegan-z16/separability.json").read_text())
+    assert doc["results"]["w/sex"]["interpretable"] is False
+    assert "latent size 16:</strong>" in text and "not interpretable: on the test slices" in text
+    # metrics.csv carries the errors and the flag in long format
+    table = pd.read_csv(folder / "metrics.csv")
+    assert {"se", "ci_low", "ci_high"} <= set(table[table.metric == "ppl"]["statistic"])
+    flag = table[(table.arch == "stylegan") & (table.z_dim == 16) & (table.variant == "w/sex") & (table.statistic == "interpretable")]
+    assert flag["value"].item() == 0.0

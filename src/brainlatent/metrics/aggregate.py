@@ -8,6 +8,10 @@ the rest of the key path, dot-joined, with ``[i]`` for list positions (``mean``,
 booleans become 0/1; ``null``/NaN are written as empty values. Only ``results`` is collected: the
 settings (sample counts, seeds, hashes) stay in the JSON files.
 
+Errors are rows of the same table: a PPL variant's ``se``, ``ci_low`` and ``ci_high`` (bootstrap)
+beside its ``mean``; a separability entry's ``entropy_bits_se``, ``accuracy_se``, ``score_se``...
+(over repeats) beside the ``_mean`` rows, and its ``interpretable`` flag (1, 0, empty = unknown).
+
 Example:
     brainlatent aggregate --config config/config.yaml --inputs results/demo/eval/*/*.json --out results/demo/metrics.csv
 """

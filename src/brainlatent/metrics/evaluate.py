@@ -32,10 +32,13 @@ from brainlatent import __version__
 from brainlatent.config import config_hash, derive_seed, load_stage_config
 from brainlatent.errors import BrainlatentError
 from brainlatent.io import load_torch, write_json
+from brainlatent.numerics import module_dtype, numerics_info, strict_float32
 
 log = logging.getLogger(__name__)
 
 METRICS = ("ppl", "path_profile", "separability", "quality")
+#: below this many PPL pairs the bootstrap errors can be dominated by one outlier (docs/metrics.md)
+MIN_BOOTSTRAP_PAIRS = 1000
 
 
 # --------------------------------------------------------------------------------------------
@@ -132,19 +135,31 @@ def generated_features(generator, features, n: int, batch_size: int, seed: int, 
 # One function per metric family: (results, settings, notes)
 
 
-def evaluate_ppl(cfg: dict, generator, distance_fn, seed: int, device) -> tuple[dict, dict, list[str]]:
-    from brainlatent.metrics.ppl import perceptual_path_length, variants_for
+def evaluate_ppl(cfg: dict, generator, distance_fn, seed: int, device) -> tuple[dict, dict, list[str], dict]:
+    from brainlatent.metrics.ppl import BOOTSTRAP_RESAMPLES, bootstrap_seed, compare_variants, describe_variant, ppl_distances, variants_for
 
     p = cfg["evaluate"]["ppl"]
-    results, per_variant, notes = {}, {}, []
+    bs = cfg["evaluate"]["batch_size"]
+    results, per_variant, notes, distances = {}, {}, [], {}
     for name in variants_for(generator):
         space, sampling = name.split("_")
-        r = perceptual_path_length(
-            generator, distance_fn, space, sampling, p["num_samples"], p["epsilon"], cfg["evaluate"]["batch_size"], seed, device
-        )
-        results[name] = {k: r[k] for k in ("mean", "std", "n_kept", "n_total", "lo", "hi")}
+        distances[name] = ppl_distances(generator, distance_fn, space, sampling, p["num_samples"], p["epsilon"], bs, seed, device)
+        r = describe_variant(distances[name], generator, space, sampling, p["epsilon"], bs, seed)
+        results[name] = {k: r[k] for k in ("mean", "std", "se", "ci_low", "ci_high", "n_kept", "n_total", "lo", "hi")}
         per_variant[name] = {k: r[k] for k in ("interpolation", "z_rescaled")}
         notes += [f"{name}: {n}" for n in r["notes"]]
+    if p["num_samples"] < MIN_BOOTSTRAP_PAIRS:
+        notes.append(
+            f"{p['num_samples']} pairs: the filter drops only about 1 % of them, so a single extreme value drawn several times "
+            f"in a bootstrap resample can dominate se and ci; use at least {MIN_BOOTSTRAP_PAIRS} pairs for trustworthy errors"
+        )
+    comparisons = compare_variants(distances, bootstrap_seed(seed))
+    for key, c in comparisons.items():
+        if not c["se_below_quarter_gap"]:
+            notes.append(
+                f"{key}: the standard error of the difference ({c['se']:.4g}) is above a quarter of the difference "
+                f"({c['difference']:.4g}); raise evaluate.ppl.num_samples to resolve it (docs/metrics.md, sample counts)"
+            )
     settings = {
         "num_samples": p["num_samples"],
         "epsilon": p["epsilon"],
@@ -156,10 +171,16 @@ def evaluate_ppl(cfg: dict, generator, distance_fn, seed: int, device) -> tuple[
         "filter": "keep P1 (method lower) <= d <= P99 (method higher)",
         "std_ddof": 1,
         "same_seed_for_every_variant": True,
+        "standard_error": (
+            f"se, ci_low, ci_high: bootstrap over the per-pair values ({BOOTSTRAP_RESAMPLES} resamples, the filter "
+            "re-applied to each resample), std (ddof=1) and 2.5/97.5 percentiles of the filtered means"
+        ),
+        "bootstrap_resamples": BOOTSTRAP_RESAMPLES,
+        "bootstrap_seed": bootstrap_seed(seed),
     }
     if not generator.has_mapping:
         notes.append(f"arch '{generator.arch}' has no mapping network: only the Z variants")
-    return results, settings, notes
+    return results, settings, notes, ({"comparisons": comparisons} if comparisons else {})
 
 
 def evaluate_path_profile(
@@ -191,7 +212,9 @@ def evaluate_path_profile(
     return results, settings, notes, {"curves": curves}
 
 
-def evaluate_separability(cfg: dict, generator, features, specs: list[dict], seed: int, device) -> tuple[dict, dict, list[str]]:
+def evaluate_separability(
+    cfg: dict, generator, features, specs: list[dict], seed: int, device, classifier_metrics: dict | None = None
+) -> tuple[dict, dict, list[str]]:
     from brainlatent.metrics.separability import linear_separability
 
     p = cfg["evaluate"]["separability"]
@@ -206,10 +229,14 @@ def evaluate_separability(cfg: dict, generator, features, specs: list[dict], see
         batch_size=cfg["evaluate"]["batch_size"],
         seed=seed,
         device=device,
+        classifier_metrics=classifier_metrics,
     )
     notes = []
     for key, entry in out["results"].items():
         notes += [f"{key}: {n}" for n in entry.pop("notes", [])]
+    notes += interpretability_notes(out["classifier_check"])
+    if p["repeats"] < 2:
+        notes.append("one repeat: no standard error over repeats (the _se values are null); set evaluate.separability.repeats >= 2")
     settings = {
         "num_samples": p["num_samples"],
         "num_kept": p["num_samples"] // 2,
@@ -221,10 +248,26 @@ def evaluate_separability(cfg: dict, generator, features, specs: list[dict], see
         "combined_score": "2 ** sum over attributes of H(Y|X) (bits), per repeat, then mean and std (ddof=1)",
         "heldout": "SVM fitted on a random half of the kept samples, scored on the other half",
         "std_ddof": 1,
+        "standard_error": "_se: std (ddof=1) over the repeats / sqrt(repeats); z_minus_w: per-repeat paired difference (same samples)",
+        "classifier_check": out["classifier_check"],
     }
     if not generator.has_mapping:
         notes.append(f"arch '{generator.arch}' has no mapping network: Z only")
     return out["results"], settings, notes
+
+
+def interpretability_notes(checks: dict[str, dict]) -> list[str]:
+    """One note per attribute whose separability cannot be interpreted, or whose check could not run."""
+    notes = []
+    for name, c in checks.items():
+        if c["interpretable"] is False:
+            notes.append(
+                f"{name}: NOT INTERPRETABLE: the classifier's {c['split']} {c['measure']} ({c['score']:.3f}) is not above "
+                f"its majority baseline ({c['baseline']:.3f}), so its labels carry no information to separate"
+            )
+        elif c["interpretable"] is None:
+            notes.append(f"{name}: interpretability unknown ({c['reason']})")
+    return notes
 
 
 def evaluate_quality(cfg: dict, generator, features, slices: str | Path, seed: int, device) -> tuple[dict, dict, list[str]]:
@@ -269,6 +312,7 @@ def evaluate(
     plot: str | Path | None = None,
     gif_dir: str | Path | None = None,
     distance_fn=None,
+    classifier_metrics: dict | None = None,
 ) -> dict:
     """Compute one metric family; returns the JSON document (without file provenance).
 
@@ -282,13 +326,18 @@ def evaluate(
         slices: slice dataset folder (quality).
         plot, gif_dir: extra outputs of ``path_profile``.
         distance_fn: the PPL distance (default ``features.distance``).
+        classifier_metrics: the classifier's ``metrics.json`` (separability: the interpretability check).
+
+    Every family runs with TF32 off (:func:`brainlatent.numerics.strict_float32`); the document's
+    ``settings.numerics`` records device, dtype, torch version and the TF32 flags.
     """
     if metric not in METRICS:
         raise BrainlatentError(f"--metric: expected one of {METRICS}, got '{metric}'")
     seed = metric_seed(cfg, metric, generator)
     extra: dict = {}
+    strict_float32()
     if metric == "ppl":
-        results, settings, notes = evaluate_ppl(cfg, generator, distance_fn or features.distance, seed, device)
+        results, settings, notes, extra = evaluate_ppl(cfg, generator, distance_fn or features.distance, seed, device)
     elif metric == "path_profile":
         results, settings, notes, extra = evaluate_path_profile(cfg, generator, features, seed, device, plot, gif_dir)
     elif metric == "separability":
@@ -296,7 +345,7 @@ def evaluate(
             specs = cfg.get("attributes")
         if not specs:
             raise BrainlatentError("separability: no attribute specs (the classifier's heads) were given")
-        results, settings, notes = evaluate_separability(cfg, generator, features, specs, seed, device)
+        results, settings, notes = evaluate_separability(cfg, generator, features, specs, seed, device, classifier_metrics)
     else:
         if slices is None:
             raise BrainlatentError("--metric quality needs --slices (the slice dataset folder with the real test slices)")
@@ -320,6 +369,7 @@ def evaluate(
             "torch_version": torch.__version__,
             "config_hash": config_hash(cfg),
             **settings,
+            "numerics": numerics_info(device, module_dtype(generator)),
         },
         "notes": notes,
     }
@@ -341,6 +391,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plot", default=None, help="path_profile: PNG plot path (default: <out stem>.png beside --out)")
     parser.add_argument("--gif-dir", default=None, help="path_profile: folder for interp_{z,w}.{gif,png} (default: the folder of --out)")
     parser.add_argument("--lpips-weights", default=None, help="ppl with evaluate.ppl.distance 'lpips': the LPIPS-VGG16 state-dict file (default: classifier.lpips_weights of the config)")
+    parser.add_argument("--classifier-metrics", default=None, help="separability: the classifier's metrics.json (default: metrics.json beside --classifier)")
     parser.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:1 ...")
 
 
@@ -372,6 +423,18 @@ def _load_models(args, cfg: dict, device: torch.device):
     return generator, classifier, features, distance_fn, feature_info
 
 
+def load_classifier_metrics(args: argparse.Namespace) -> tuple[dict | None, str | None]:
+    """The classifier's ``metrics.json`` (``--classifier-metrics``, else beside ``--classifier``) and its path."""
+    path = Path(args.classifier_metrics) if args.classifier_metrics else Path(args.classifier).with_name("metrics.json")
+    if not path.exists():
+        if args.classifier_metrics:
+            raise BrainlatentError(f"--classifier-metrics {path}: file not found")
+        return None, None
+    from brainlatent.io import read_json
+
+    return read_json(path), str(path)
+
+
 def run(args: argparse.Namespace) -> None:
     cfg = load_stage_config(args.config, f"evaluate:{args.metric}")
     for flag, path in (("--network", args.network), ("--classifier", args.classifier)):
@@ -384,7 +447,8 @@ def run(args: argparse.Namespace) -> None:
     generator, classifier, features, distance_fn, feature_info = _load_models(args, cfg, device)
     specs, spec_notes = classifier_specs(classifier, args.classifier, cfg)
     log.info("evaluate %s: %s z%d on %s", args.metric, generator.arch, generator.z_dim, device)
-    doc = evaluate(args.metric, cfg, generator, features, specs, device, args.slices, plot, gif_dir, distance_fn)
+    clf_metrics, clf_metrics_path = load_classifier_metrics(args) if args.metric == "separability" else (None, None)
+    doc = evaluate(args.metric, cfg, generator, features, specs, device, args.slices, plot, gif_dir, distance_fn, clf_metrics)
     doc["settings"]["network"] = str(args.network)
     doc["settings"]["network_sha256"] = sha256_file(args.network)
     doc["settings"]["feature_network"] = feature_info
@@ -392,5 +456,8 @@ def run(args: argparse.Namespace) -> None:
         doc["settings"]["slices"] = str(args.slices)
     if args.metric == "separability":
         doc["notes"] += spec_notes
+        if clf_metrics_path is not None:
+            doc["settings"]["feature_network"]["classifier_metrics"] = clf_metrics_path
+            doc["settings"]["feature_network"]["classifier_metrics_sha256"] = sha256_file(clf_metrics_path)
     write_json(out, doc)
     log.info("wrote %s", out)

@@ -92,6 +92,21 @@ def binary_probabilities(attr: dict, probs: np.ndarray, threshold: float | None 
             raise BrainlatentError(f"separability: head '{name}' gave probabilities of shape {probs.shape}; expected N x 2")
         return probs, [str(v) for v in attr["levels"]]
     edges = np.asarray(attr["bins"], dtype=np.float64)
+    k = threshold_bin(attr, threshold)
+    if probs.ndim != 2 or probs.shape[1] != edges.size - 1:
+        raise BrainlatentError(f"separability: head '{name}' gave probabilities of shape {probs.shape}; expected N x {edges.size - 1}")
+    upper = probs[:, k:].sum(axis=1)
+    return np.stack([1.0 - upper, upper], axis=1), [f"<{threshold:g}", f">={threshold:g}"]
+
+
+def threshold_bin(attr: dict, threshold: float | None) -> int:
+    """Index of the first bin at or above ``threshold``, which must be an inner bin edge of a numeric head.
+
+    Example:
+        >>> threshold_bin({"name": "age", "bins": [18, 30, 40, 80]}, 40)
+        2
+    """
+    name, edges = attr["name"], np.asarray(attr["bins"], dtype=np.float64)
     if threshold is None:
         raise BrainlatentError(
             f"separability: numeric attribute '{name}' needs a threshold in evaluate.separability.binarise "
@@ -103,11 +118,7 @@ def binary_probabilities(attr: dict, probs: np.ndarray, threshold: float | None 
             f"separability: binarise.{name}: threshold {threshold:g} is not an inner bin edge of '{name}'; "
             f"expected one of {edges[1:-1].tolist()}"
         )
-    k = int(inner[0])
-    if probs.ndim != 2 or probs.shape[1] != edges.size - 1:
-        raise BrainlatentError(f"separability: head '{name}' gave probabilities of shape {probs.shape}; expected N x {edges.size - 1}")
-    upper = probs[:, k:].sum(axis=1)
-    return np.stack([1.0 - upper, upper], axis=1), [f"<{threshold:g}", f">={threshold:g}"]
+    return int(inner[0])
 
 
 def most_confident(probs: np.ndarray, keep: int) -> np.ndarray:
@@ -196,12 +207,21 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0
 
 
+def _standard_error(values: Sequence[float]) -> float | None:
+    """Standard error of the mean over independent repeats, ``std (ddof=1) / sqrt(R)``; None for R < 2."""
+    v = np.asarray(values, dtype=np.float64)
+    return float(v.std(ddof=1) / math.sqrt(v.size)) if v.size > 1 else None
+
+
 def combine_repeats(per_repeat: list[dict[str, dict[str, dict]]], spaces: Sequence[str], names: Sequence[str]) -> dict:
     """Mean ± std over repeats per ``space/attribute``, and the combined score per space.
 
     ``per_repeat[r][space][name]`` is a :func:`separability_from_latents` result. The combined score
     of a repeat is ``2 ** sum_attributes(entropy_bits)``; it is reported as mean ± std over repeats,
-    with ``score_of_mean_entropy = 2 ** sum_attributes(mean entropy)`` beside it.
+    with ``score_of_mean_entropy = 2 ** sum_attributes(mean entropy)`` beside it. Every mean has its
+    standard error over the repeats (``_se`` keys, ``std / sqrt(R)``; None with one repeat). With Z and
+    W, ``z_minus_w`` holds the per-repeat paired difference of H(Y|X) and its standard error (both
+    spaces are fitted on the same generated samples in a repeat).
     """
     out: dict[str, dict] = {}
     for space in spaces:
@@ -209,8 +229,10 @@ def combine_repeats(per_repeat: list[dict[str, dict[str, dict]]], spaces: Sequen
             runs = [r[space][name] for r in per_repeat]
             entry: dict = {"space": space, "attribute": name}
             for key in ("entropy_bits", "accuracy", "heldout_accuracy", "heldout_entropy_bits"):
-                entry[f"{key}_mean"], entry[f"{key}_std"] = _mean_std([x[key] for x in runs])
-                entry[f"{key}_per_repeat"] = [x[key] for x in runs]
+                values = [x[key] for x in runs]
+                entry[f"{key}_mean"], entry[f"{key}_std"] = _mean_std(values)
+                entry[f"{key}_se"] = _standard_error(values)
+                entry[f"{key}_per_repeat"] = values
             entry["n_kept"] = runs[0]["n_kept"]
             entry["class_counts_per_repeat"] = [x["class_counts"] for x in runs]
             entry["convergence_warnings"] = int(sum(x["convergence_warnings"] for x in runs))
@@ -223,10 +245,89 @@ def combine_repeats(per_repeat: list[dict[str, dict[str, dict]]], spaces: Sequen
             "attributes": list(names),
             "score_mean": mean,
             "score_std": std,
+            "score_se": _standard_error(scores),
             "score_per_repeat": scores,
             "score_of_mean_entropy": 2.0 ** sum(out[f"{space}/{n}"]["entropy_bits_mean"] for n in names),
         }
+    if "z" in spaces and "w" in spaces:
+        for name in names:
+            diffs = [r["z"][name]["entropy_bits"] - r["w"][name]["entropy_bits"] for r in per_repeat]
+            out[f"z/{name}"]["z_minus_w_entropy_bits_mean"] = float(np.mean(diffs))
+            out[f"z/{name}"]["z_minus_w_entropy_bits_se"] = _standard_error(diffs)
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# Is the classifier's label worth separating?
+
+
+def _binarised_scores(head: dict, k: int) -> tuple[float, float, int]:
+    """Accuracy and majority-baseline accuracy of a binned head after splitting its bins at bin ``k``.
+
+    Both come from the head's confusion matrix (rows: true bin, columns: predicted bin) and its
+    majority train class: the baseline predicts that class's side of the split for every row.
+    """
+    cm = np.asarray(head["confusion_matrix"], dtype=np.float64)
+    n = cm.sum()
+    if n == 0:
+        raise KeyError("confusion_matrix is empty")
+    correct = cm[:k, :k].sum() + cm[k:, k:].sum()
+    majority_high = head["class_names"].index(head["majority_class"]) >= k
+    baseline = (cm[k:, :] if majority_high else cm[:k, :]).sum()
+    return float(correct / n), float(baseline / n), int(n)
+
+
+def classifier_check(metrics: dict | None, spec: dict, threshold: float | None, model: str = "best", split: str = "test") -> dict:
+    """Whether the classifier's labels for one tested attribute beat always guessing the majority class.
+
+    A separability result is interpretable only when the classifier that labels the generated
+    images scores above its majority baseline on the held-out test split; otherwise its labels carry
+    no information beyond the class frequencies, and "separating" them measures nothing.
+
+    * two-level categorical head: ``accuracy`` vs ``majority_baseline_accuracy`` as stored;
+    * binarised numeric head: both recomputed from the confusion matrix for the two sides of the
+      threshold (see :func:`_binarised_scores`).
+
+    Args:
+        metrics: the classifier's ``metrics.json`` (``<model>.<split>.heads.<name>``), or None.
+        spec: the attribute spec; threshold: the binarising threshold of a numeric head.
+        model, split: which scores to use (the model used downstream is ``best``).
+
+    Returns:
+        ``{"model", "split", "score", "baseline", "n", "measure", "interpretable"}``; with no usable
+        scores, ``interpretable`` is None and ``reason`` says why.
+    """
+    name = spec["name"]
+    out: dict = {"model": model, "split": split}
+    head = (((metrics or {}).get(model) or {}).get(split) or {}).get("heads", {}).get(name)
+    try:
+        if head is None:
+            raise KeyError(f"no {model}.{split}.heads.{name}")
+        if threshold is None:
+            score, baseline, n = head["accuracy"], head["majority_baseline_accuracy"], head["n"]
+            measure = "accuracy"
+        else:
+            score, baseline, n = _binarised_scores(head, threshold_bin(spec, threshold))
+            measure = f"accuracy of the binarised label (>= {threshold:g})"
+        if score is None or baseline is None:
+            raise KeyError("accuracy or majority baseline is null")
+    except (KeyError, ValueError, IndexError, TypeError) as exc:
+        reason = "no classifier metrics" if metrics is None else f"classifier metrics unusable for '{name}': {exc}"
+        return {**out, "interpretable": None, "reason": reason}
+    return {**out, "score": float(score), "baseline": float(baseline), "n": int(n), "measure": measure,
+            "interpretable": bool(score > baseline)}
+
+
+def flag_interpretability(results: dict, checks: dict[str, dict], spaces: Sequence[str], names: Sequence[str]) -> None:
+    """Add ``interpretable`` (True / False / None = unknown) to every ``space/attribute`` and combined entry.
+
+    A combined score is interpretable when every attribute in it is, not interpretable when any is not.
+    """
+    for space in spaces:
+        flags = [checks[n]["interpretable"] for n in names]
+        for name, flag in zip(names, flags):
+            results[f"{space}/{name}"]["interpretable"] = flag
+        results[f"{space}/combined"]["interpretable"] = False if False in flags else (None if None in flags else True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -298,6 +399,7 @@ def linear_separability(
     batch_size: int = 64,
     seed: int = 0,
     device: str | torch.device = "cpu",
+    classifier_metrics: dict | None = None,
 ) -> dict:
     """Linear separability of every tested attribute, in Z (and W with a mapping network).
 
@@ -313,10 +415,12 @@ def linear_separability(
         batch_size: images per generator call.
         seed: base seed.
         device: where the networks run.
+        classifier_metrics: the classifier's ``metrics.json``; it decides each result's
+            ``interpretable`` flag (:func:`classifier_check`; None = unknown without it).
 
     Returns:
         ``{"results": {"<space>/<attribute>": {...}, "<space>/combined": {...}},
-        "attributes": [{name, threshold, classes}], "spaces": [...]}``.
+        "attributes": [{name, threshold, classes}], "spaces": [...], "classifier_check": {name: {...}}}``.
     """
     from brainlatent.config import derive_seed
 
@@ -338,8 +442,12 @@ def linear_separability(
                 run[space][name] = separability_from_latents(latents[space], p2, seed=derive_seed(rseed, space, name))
         per_repeat.append(run)
     names = [spec["name"] for spec, _ in plan]
+    results = combine_repeats(per_repeat, spaces, names)
+    checks = {spec["name"]: classifier_check(classifier_metrics, spec, thr) for spec, thr in plan}
+    flag_interpretability(results, checks, spaces, names)
     return {
-        "results": combine_repeats(per_repeat, spaces, names),
+        "results": results,
         "attributes": [{"name": spec["name"], "threshold": thr, "classes": classes[spec["name"]]} for spec, thr in plan],
         "spaces": spaces,
+        "classifier_check": checks,
     }

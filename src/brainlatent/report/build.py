@@ -4,7 +4,10 @@ The page is written for a clinical reader: the question, the dataset and how its
 tangled, the attribute classifier (the reference study's Table 1 layout, published numbers and
 majority baselines beside ours), every generator's training, perceptual path length, the
 interpolation path profiles, linear separability (Table 2 layout) and image quality, then the
-provenance (commit, package versions, config hash, per-rule runtime and memory).
+provenance (commit, package versions, config hash, per-rule runtime and memory). PPL and
+separability values are printed as mean ± standard error (bootstrap for PPL, over repeats for
+separability); a separability result whose classifier labels do not beat the majority baseline is
+marked ‡ "not interpretable".
 
 A part of the study that did not run (no GAN trained, a missing metric) is shown as "not run";
 a file that cannot be read is shown as an error box in its section. The report never fails for
@@ -421,6 +424,20 @@ def _compare_phrase(a: float | None, sa: float | None, b: float | None, sb: floa
     return f"{what[0] if better else what[1]}"
 
 
+def _separability_verdict(doc: dict, z_key: str) -> str:
+    """W versus Z from the paired per-repeat difference of H(Y|X): a clear verdict only when its 95 %
+    interval (Student t over the repeats) excludes zero."""
+    from scipy.stats import t as student_t
+
+    diff, se = lookup(doc, f"{z_key}.z_minus_w_entropy_bits_mean"), lookup(doc, f"{z_key}.z_minus_w_entropy_bits_se")
+    repeats = len(lookup(doc, f"{z_key}.entropy_bits_per_repeat") or [])
+    if not (_finite(diff) and _finite(se)) or repeats < 2:
+        return "cannot be compared (no paired standard error; it needs two or more repeats)"
+    if abs(diff) <= float(student_t.ppf(0.975, repeats - 1)) * se:
+        return "no clear difference (the 95 % interval of the paired difference includes zero)"
+    return "W separates it better than Z" if diff > 0 else "Z separates it better than W"
+
+
 def section_glance(st: StudyFiles) -> str:
     """Plain-language findings, each number taken from the tables' sources."""
     items = []
@@ -463,15 +480,17 @@ def section_glance(st: StudyFiles) -> str:
         for name in sep_attrs:
             w_key, z_key = f"results.w/{name}", f"results.z/{name}"
             if doc and lookup(doc, w_key) and lookup(doc, z_key):
-                hw, sw = lookup(doc, f"{w_key}.entropy_bits_mean"), lookup(doc, f"{w_key}.entropy_bits_std")
-                hz, sz = lookup(doc, f"{z_key}.entropy_bits_mean"), lookup(doc, f"{z_key}.entropy_bits_std")
-                verdict = _compare_phrase(hw, sw, hz, sz, True, ("W separates it better than Z", "Z separates it better than W"))
+                verdict = _separability_verdict(doc, z_key)
                 if one_class_repeats(lookup(doc, w_key)) or one_class_repeats(lookup(doc, z_key)):
                     verdict = "not measurable: the classifier gave every kept generated image the same label in some repeats"
+                if not_interpretable(lookup(doc, w_key)):
+                    verdict = ("not interpretable: on the test slices the classifier's labels for this attribute are no better "
+                               "than always guessing the most common class")
                 items.append(
                     f"<strong>Separability of {esc(name)}, latent size {z}:</strong> H(Y|X) in W "
-                    f"{pm(doc, rel, f'{w_key}.entropy_bits_mean', f'{w_key}.entropy_bits_std', '.3f')} bits, in Z "
-                    f"{pm(doc, rel, f'{z_key}.entropy_bits_mean', f'{z_key}.entropy_bits_std', '.3f')} bits: {esc(verdict)}."
+                    f"{pm(doc, rel, f'{w_key}.entropy_bits_mean', f'{w_key}.entropy_bits_se', '.3f')} bits, in Z "
+                    f"{pm(doc, rel, f'{z_key}.entropy_bits_mean', f'{z_key}.entropy_bits_se', '.3f')} bits "
+                    f"(mean ± standard error): {esc(verdict)}."
                 )
         doc, rel = st.eval_doc(arch, z, "path_profile")
         if doc and lookup(doc, "results.w") and lookup(doc, "results.z"):
@@ -767,14 +786,33 @@ def section_generators(st: StudyFiles) -> str:
     return "".join(parts)
 
 
+def _ppl_cell(doc: dict, rel: str, v: str) -> str:
+    """``mean ± SE`` of one PPL variant, with its per-pair sd and kept count in small print."""
+    k = f"results.{v}"
+    fmt = auto_format(lookup(doc, f"{k}.mean"))
+    return (f"{pm(doc, rel, f'{k}.mean', f'{k}.se', fmt)} <span class='small'>(sd "
+            f"{num(lookup(doc, f'{k}.std'), rel, f'{k}.std', fmt)}, n={num(lookup(doc, f'{k}.n_kept'), rel, f'{k}.n_kept', 'd')})</span>")
+
+
+def _ppl_gap_cell(doc: dict, rel: str, key: str) -> Cell | str:
+    """The paired Z − W difference ``difference ± SE``; ``—`` when the model has no W."""
+    k = f"comparisons.{key}"
+    if lookup(doc, k) is None:
+        return missing()
+    fmt = auto_format(lookup(doc, f"{k}.difference"))
+    flag = "" if lookup(doc, f"{k}.se_below_quarter_gap") else " <span class='small'>(SE &gt; ¼ of the gap)</span>"
+    return pm(doc, rel, f"{k}.difference", f"{k}.se", fmt) + flag
+
+
 def section_ppl(st: StudyFiles) -> str:
     models = st.models()
     variants = ["z_full", "w_full", "z_end", "w_end"]
+    gaps = ["z_full-w_full", "z_end-w_end"]
     rows, settings = [], None
     for arch, z in models:
         doc, rel = st.eval_doc(arch, z, "ppl")
         if doc is None:
-            rows.append([L(z), L(arch_label(arch)), *[Cell("not run", label=True, cls="missing")] * len(variants)])
+            rows.append([L(z), L(arch_label(arch)), *[Cell("not run", label=True, cls="missing")] * (len(variants) + len(gaps))])
             continue
         settings = settings or doc.get("settings")
         cells = []
@@ -782,9 +820,8 @@ def section_ppl(st: StudyFiles) -> str:
             if lookup(doc, f"results.{v}") is None:
                 cells.append(missing("— (no W)" if v.startswith("w") else "—"))
             else:
-                cells.append(f"{pm(doc, rel, f'results.{v}.mean', f'results.{v}.std')} "
-                             f"<span class='small'>(n={num(lookup(doc, f'results.{v}.n_kept'), rel, f'results.{v}.n_kept', 'd')})</span>")
-        rows.append([L(z), L(arch_label(arch)), *cells])
+                cells.append(_ppl_cell(doc, rel, v))
+        rows.append([L(z), L(arch_label(arch)), *cells, *[_ppl_gap_cell(doc, rel, g) for g in gaps]])
     if not any(st.eval_doc(a, z, "ppl")[0] for a, z in models):
         return not_run("perceptual path length", "no eval/<model>/ppl.json")
     s = settings or {}
@@ -796,11 +833,16 @@ def section_ppl(st: StudyFiles) -> str:
         "extreme values at each end. <em>full</em>: steps anywhere along the path; <em>end</em>: at its start. "
         "Lower = images change more evenly. Z paths are spherical (slerp), W paths linear (lerp). "
         f"Distance: {dist}.</p>",
-        table("table-ppl", [[L("latent"), L("model"), *[L(v) for v in variants]]], rows,
-              "Perceptual path length: mean ± std (n kept)"),
-        "<p class='note'>The GAN without a mapping network has only Z; its slerp points are rescaled to the norm of the "
-        "straight-line point because its synthesis network receives z unnormalised. PPL values depend on the feature "
-        "network, so compare them within this study only.</p>",
+        table("table-ppl", [[L("latent"), L("model"), *[L(v) for v in variants], L("Z − W, full"), L("Z − W, end")]], rows,
+              "Perceptual path length: mean ± standard error (per-pair sd, n kept); Z − W: paired difference ± standard error"),
+        "<p class='note'>Standard errors and the JSON's 95 % intervals come from a bootstrap over the sampled paths "
+        "(the 1 %/99 % filter re-applied to every resample). Z and W use the same random paths, so their difference "
+        "is measured pairwise and its error is smaller than the two errors combined. A difference is resolved when its "
+        "standard error is below a quarter of it; otherwise the cell says so and more samples are needed "
+        "(docs/metrics.md). The GAN without a mapping network has only Z; because its synthesis network receives z "
+        "unnormalised, its spherical path is scaled by the straight-line interpolation of the two endpoint norms, so "
+        "it keeps the norm of a typical z and moves at the same angular pace as StyleGAN's Z path. PPL values depend "
+        "on the feature network, so compare them within this study only.</p>",
     ])
 
 
@@ -877,6 +919,27 @@ def one_class_repeats(entry: dict | None) -> bool:
     return any(sum(1 for c in rep if c) < 2 for rep in counts)
 
 
+def not_interpretable(entry: dict | None) -> bool:
+    """Whether a separability result is flagged: the classifier's labels did not beat the majority baseline."""
+    return (entry or {}).get("interpretable") is False
+
+
+def _interpretability_note(docs: dict, name: str) -> str:
+    """The ‡ box: per model, the classifier's test score and its majority baseline (from the separability JSON)."""
+    parts = []
+    for (arch, z), (doc, rel) in docs.items():
+        k = f"settings.classifier_check.{name}"
+        if doc is None or lookup(doc, f"{k}.interpretable") is not False:
+            continue
+        parts.append(f"{esc(model_name(arch, z))}: {esc(lookup(doc, f'{k}.measure') or 'score')} "
+                     f"{num(lookup(doc, f'{k}.score'), rel, f'{k}.score', '.3f')} versus "
+                     f"{num(lookup(doc, f'{k}.baseline'), rel, f'{k}.baseline', '.3f')}")
+    return (f"<p class='box warn'>‡ <strong>Not interpretable.</strong> On the held-out test slices the classifier's "
+            f"labels for {esc(name)} are no better than always guessing the most common class ({'; '.join(parts)}), so "
+            "they carry no information for an SVM to separate; these rows measure the classifier's noise, not the "
+            "latent space.</p>")
+
+
 DEGENERATE_NOTE = ("† In at least one repeat the classifier gave every kept generated image the same label, so the SVM "
                    "had nothing to separate: H(Y|X) = 0 and accuracy = 1 there by construction (the NVlabs fallback), "
                    "not a real separation. Train the generator longer or draw more samples.")
@@ -903,7 +966,10 @@ def section_separability(st: StudyFiles) -> str:
              "(Z, or W of StyleGAN) and scored on the same samples. <strong>H(Y|X)</strong>: the uncertainty about the "
              "classifier's label left once the SVM's side of the cut is known, in bits (0 = perfectly separated, 1 = no "
              "information). SVM accuracy: agreement with the classifier. <em>Held-out</em>: the SVM fitted on half of the "
-             "kept samples and scored on the other half. Mean ± std over repeats.</p>"]
+             "kept samples and scored on the other half. Mean ± standard error over repeats (the spread of single repeats, "
+             "the std, is in the JSON; the published columns show mean ± std). ‡ marks a result that cannot be "
+             "interpreted because the classifier's labels for that attribute do not beat its majority baseline on the "
+             "test slices.</p>"]
     order = {"w": 0, "z": 1}
     for name in attrs:
         thr = thresholds.get(name)
@@ -920,7 +986,7 @@ def section_separability(st: StudyFiles) -> str:
         arch_rank = {a: i for i, a in enumerate(families())}
         ordered = sorted(keys, key=lambda k: (-k[0], arch_rank.get(k[1], 9), order.get(k[2], 2)))
         rows, classes = [], []
-        prev_z, degenerate = None, False
+        prev_z, degenerate, uninterpretable = None, False, False
         for z, arch, sp in ordered:
             doc, rel = docs.get((arch, z), (None, f"eval/{model_name(arch, z)}/separability.json"))
             k = f"results.{sp}/{name}"
@@ -928,12 +994,15 @@ def section_separability(st: StudyFiles) -> str:
             if one_class_repeats(lookup(doc, k)):
                 label += " †"
                 degenerate = True
+            if not_interpretable(lookup(doc, k)):
+                label += " ‡"
+                uninterpretable = True
             if doc is None or lookup(doc, k) is None:
                 ours = [Cell("not run", label=True, cls="missing", colspan=4)]
             else:
-                ours = [pm(doc, rel, f"{k}.entropy_bits_mean", f"{k}.entropy_bits_std", ".3f"),
-                        pm(doc, rel, f"{k}.accuracy_mean", f"{k}.accuracy_std", ".3f"),
-                        pm(doc, rel, f"{k}.heldout_accuracy_mean", f"{k}.heldout_accuracy_std", ".3f"),
+                ours = [pm(doc, rel, f"{k}.entropy_bits_mean", f"{k}.entropy_bits_se", ".3f"),
+                        pm(doc, rel, f"{k}.accuracy_mean", f"{k}.accuracy_se", ".3f"),
+                        pm(doc, rel, f"{k}.heldout_accuracy_mean", f"{k}.heldout_accuracy_se", ".3f"),
                         num(lookup(doc, f"{k}.n_kept"), rel, f"{k}.n_kept", "d")]
             pub = PUBLISHED_TABLE2.get((z, arch, sp)) if name == "sex" else None
             if pub:
@@ -946,16 +1015,18 @@ def section_separability(st: StudyFiles) -> str:
             else:
                 theirs = [missing(), missing(), missing()] if name == "sex" else []
             rows.append([L(z if z != prev_z else ""), L(label), *ours, *theirs])
-            classes.append("group-start" if z != prev_z else "")
+            classes.append(" ".join(c for c in ("group-start" if z != prev_z else "", "not-interpretable" if label.endswith("‡") else "") if c))
             prev_z = z
-        head = [[L("latent", rowspan=2), L("model, space", rowspan=2), L("this study", colspan=4),
-                 *([L("published (Kriz Table 2)", colspan=3)] if name == "sex" else [])],
+        head = [[L("latent", rowspan=2), L("model, space", rowspan=2), L("this study: mean ± standard error over repeats", colspan=4),
+                 *([L("published (Kriz Table 2): mean ± std", colspan=3)] if name == "sex" else [])],
                 [L("H(Y|X) bits ↓"), L("SVM accuracy ↑"), L("held-out accuracy"), L("n kept"),
                  *([L("H(Y|X)"), L("SVM accuracy"), L("max H for that accuracy")] if name == "sex" else [])]]
         parts.append(table(f"table-separability-{name}" if name != attrs[0] else "table-separability", head, rows,
                            f"Linear separability of {esc(title)} (Table 2 layout)", classes))
         if degenerate:
             parts.append(f"<p class='box warn'>{esc(DEGENERATE_NOTE)}</p>")
+        if uninterpretable:
+            parts.append(_interpretability_note(docs, name))
     parts.append("<p class='box'><strong>About the published values.</strong> For a two-class label, H(Y|X) can be at most "
                  "the binary entropy of the error rate, H<sub>b</sub>(1 − accuracy); every H in the reference study's "
                  "Table 2 is above that maximum for its own accuracy (last column, in bits; the bound in nats is lower "
@@ -967,10 +1038,11 @@ def section_separability(st: StudyFiles) -> str:
         for sp in ("w", "z"):
             k = f"results.{sp}/combined"
             if lookup(doc, k) is not None and len(lookup(doc, f"{k}.attributes") or []) > 1:
-                combined_rows.append([L(z), L(f"{arch_label(arch)}, {sp.upper()}"), pm(doc, rel, f"{k}.score_mean", f"{k}.score_std", ".3f")])
+                label = f"{arch_label(arch)}, {sp.upper()}" + (" ‡" if not_interpretable(lookup(doc, k)) else "")
+                combined_rows.append([L(z), L(label), pm(doc, rel, f"{k}.score_mean", f"{k}.score_se", ".3f")])
     if combined_rows:
         parts.append(table("table-separability-combined", [[L("latent"), L("model, space"), L("2^ΣH ↓")]], combined_rows,
-                           "Combined separability score over attributes (NVlabs form)"))
+                           "Combined separability score over attributes (NVlabs form): mean ± standard error over repeats"))
     notes = sorted({f"{model_name(a, z)}: {n}" for (a, z), (doc, _) in docs.items() for n in (doc or {}).get("notes", [])})
     if notes:
         parts.append("<details><summary>Notes from the separability runs</summary><ul class='note'>"

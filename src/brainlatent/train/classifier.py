@@ -69,6 +69,7 @@ from brainlatent.attributes import bin_centres, class_names, n_classes
 from brainlatent.config import derive_seed, load_stage_config, plain
 from brainlatent.errors import BrainlatentError
 from brainlatent.models.vgg import VGG16Classifier
+from brainlatent.numerics import strict_float32
 from brainlatent.slices import dataset_identity
 from brainlatent.train.checkpoint import capture_rng_state, fingerprint_digest, restore_rng_state, resume_matching, save_checkpoint
 
@@ -461,6 +462,7 @@ def train_classifier(cfg: dict, slices_dir: str | Path, out_dir: str | Path) -> 
         The contents of ``metrics.json``.
     """
     cfg = load_stage_config(cfg, "train_classifier")  # exactly the keys the workflow gives this stage
+    strict_float32()  # TF32 off: the classifier's features define the perceptual metrics' distances
     cc, attrs = cfg["classifier"], cfg["attributes"]
     slices_dir, out_dir = Path(slices_dir), Path(out_dir)
     ckpt_dir = out_dir / "checkpoints"

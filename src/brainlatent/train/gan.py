@@ -35,6 +35,7 @@ from brainlatent.images import image_grid, save_png
 from brainlatent.io import write_json, write_table
 from brainlatent.models.discriminator import Discriminator
 from brainlatent.models.stylegan import ARCHS, Generator, load_generator, save_network
+from brainlatent.numerics import strict_float32
 from brainlatent.slices import dataset_identity
 from brainlatent.train.checkpoint import (
     ResumableShuffler,
@@ -159,6 +160,7 @@ def train_gan(
     cfg = load_stage_config(cfg, f"train:{arch}")  # exactly the keys the workflow gives this stage
     gcfg = cfg["gan"]
     _check_inputs(arch, z_dim)
+    strict_float32()  # TF32 off for every float32 matmul/convolution (bf16 autocast regions are unaffected)
     out_dir = Path(out_dir)
     ckpt_dir, sample_dir = out_dir / "checkpoints", out_dir / "samples"
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))

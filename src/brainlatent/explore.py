@@ -14,8 +14,7 @@ import numpy as np
 import torch
 
 from brainlatent.images import save_gif, save_strip, to_uint8
-from brainlatent.metrics.path_profile import render_path
-from brainlatent.metrics.ppl import sample_noise
+from brainlatent.latents import render_path, sample_labels, sample_noise
 
 
 @torch.no_grad()
@@ -29,9 +28,10 @@ def interpolation_frames(
     rng = torch.Generator(device="cpu").manual_seed(int(seed))
     z = torch.randn((2, generator.z_dim), generator=rng).to(device)
     noise = [n.to(device) for n in sample_noise(generator, 1, rng)]
+    c = sample_labels(generator, 1, rng)
     if space == "w" and not generator.has_mapping:
         space = "z"
-    return to_uint8(render_path(generator, z[0], z[1], steps, space, noise, batch_size))
+    return to_uint8(render_path(generator, z[0], z[1], steps, space, noise, batch_size, None if c is None else c.to(device)))
 
 
 def write_interpolations(

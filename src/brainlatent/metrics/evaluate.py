@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
-import math
 from pathlib import Path
 
 import numpy as np
@@ -117,17 +116,10 @@ def _embed(features, images: torch.Tensor | np.ndarray, batch_size: int, device)
 @torch.no_grad()
 def generated_features(generator, features, n: int, batch_size: int, seed: int, device) -> np.ndarray:
     """Penultimate features of ``n`` generated images (z ~ N(0, I), random noise, no truncation)."""
-    from brainlatent.metrics.ppl import progress, sample_noise
+    from brainlatent.latents import batches
 
-    rng = torch.Generator(device="cpu").manual_seed(int(seed))
-    out = []
-    n_batches = math.ceil(n / batch_size)
-    for b in progress(range(n_batches), n_batches, "quality samples"):
-        m = min(batch_size, n - b * batch_size)
-        z = torch.randn((m, generator.z_dim), generator=rng)
-        noise = [x.to(device) for x in sample_noise(generator, m, rng)]
-        images = generator.synthesis(generator.mapping(z.to(device)), noise=noise)
-        out.append(torch.as_tensor(features.embed(images, batch_size)).detach().double().cpu().numpy())
+    out = [torch.as_tensor(features.embed(batch.images, batch_size)).detach().double().cpu().numpy()
+           for batch in batches(generator, n, seed, batch_size, device, desc="quality samples")]
     return np.concatenate(out)
 
 

@@ -18,58 +18,10 @@ import numpy as np
 import torch
 
 from brainlatent.errors import BrainlatentError
-from brainlatent.metrics.ppl import lerp, progress, sample_noise
+from brainlatent.latents import render_path, sample_labels, sample_noise
+from brainlatent.progress import progress
 
 EmbedFn = Callable[[torch.Tensor], torch.Tensor | np.ndarray]
-
-
-def path_latents(generator, z0: torch.Tensor, z1: torch.Tensor, ts: torch.Tensor, space: str) -> torch.Tensor:
-    """The generator input (w) along a linear path between two z endpoints.
-
-    Args:
-        generator: exposes ``mapping(z)`` and ``has_mapping``.
-        z0, z1: ``z_dim`` endpoint vectors (1-D).
-        ts: ``S`` positions in ``[0, 1]``.
-        space: ``"z"`` (lerp in Z, then map every point) or ``"w"`` (map the endpoints, then lerp).
-
-    Returns:
-        ``S x ...`` w vectors (whatever shape ``mapping`` returns per sample).
-    """
-    s = ts.numel()
-    ts = ts.to(z0.device, torch.float32)
-    if space == "z":
-        return generator.mapping(lerp(z0.expand(s, -1), z1.expand(s, -1), ts))
-    if space == "w":
-        if not generator.has_mapping:
-            raise BrainlatentError(f"path profile: arch '{getattr(generator, 'arch', '?')}' has no mapping network, so no W space")
-        w = generator.mapping(torch.stack([z0, z1]))
-        return lerp(w[:1].expand(s, *w.shape[1:]), w[1:].expand(s, *w.shape[1:]), ts)
-    raise BrainlatentError(f"path profile: space must be 'z' or 'w', got '{space}'")
-
-
-@torch.no_grad()
-def render_path(
-    generator,
-    z0: torch.Tensor,
-    z1: torch.Tensor,
-    steps: int,
-    space: str,
-    noise: list[torch.Tensor],
-    batch_size: int = 64,
-) -> torch.Tensor:
-    """Images along a linear path, ``steps x 1 x R x R``, one noise draw shared by every step.
-
-    Args:
-        generator: the network (``mapping``, ``synthesis``).
-        z0, z1: ``z_dim`` endpoints on the generator's device.
-        steps: number of points, endpoints included.
-        space: ``"z"`` or ``"w"`` (see :func:`path_latents`).
-        noise: tensors ``1 x 1 x H x W`` (one per ``generator.noise_shapes()``), broadcast over steps.
-        batch_size: images per synthesis call.
-    """
-    ts = torch.linspace(0.0, 1.0, steps)
-    w = path_latents(generator, z0, z1, ts, space)
-    return torch.cat([generator.synthesis(chunk, noise=noise) for chunk in w.split(batch_size)])
 
 
 def linearity_r2(curve: np.ndarray) -> float:
@@ -122,7 +74,7 @@ def path_profile(
     """The distance-from-first-image profile of linear paths in Z and W.
 
     Args:
-        generator: see :func:`render_path`.
+        generator: any family's network (see :func:`brainlatent.latents.render_path`).
         embed_fn: ``images (S x 1 x R x R) -> S x D`` embedding (the classifier's penultimate layer).
         pairs: number of endpoint pairs K.
         steps: points per path, endpoints included.
@@ -142,8 +94,10 @@ def path_profile(
     for k in progress(range(pairs), pairs, "path profile"):
         z = torch.randn((2, generator.z_dim), generator=rng).to(device)
         noise = [n.to(device) for n in sample_noise(generator, 1, rng)]
+        c = sample_labels(generator, 1, rng)
+        c = c.to(device) if c is not None else None
         for space in spaces:
-            images = render_path(generator, z[0], z[1], steps, space, noise, batch_size)
+            images = render_path(generator, z[0], z[1], steps, space, noise, batch_size, c)
             emb = torch.as_tensor(np.asarray(_to_numpy(embed_fn(images))), dtype=torch.float64)
             curves[space][k] = (emb - emb[:1]).norm(dim=1).numpy()
     out: dict = {"spaces": spaces}

@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
 from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 
 from brainlatent.errors import BrainlatentError
+from brainlatent.latents import lerp, sample_labels, slerp, to_w
+from brainlatent.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -43,67 +44,10 @@ Z_RESCALE_NOTE = (
 )
 
 
-def progress(iterable, total: int, desc: str):
-    """A tqdm bar on a terminal; plain log lines (about ten per loop) in batch jobs."""
-    if sys.stderr.isatty():
-        from tqdm import tqdm
-
-        yield from tqdm(iterable, total=total, desc=desc, leave=False)
-        return
-    every = max(1, total // 10)
-    for i, item in enumerate(iterable):
-        if i % every == 0 or i == total - 1:
-            log.info("%s: %d/%d", desc, i + 1, total)
-        yield item
-
-
 def variants_for(generator) -> list[str]:
     """PPL variant names a generator supports: all four with a mapping network, else the Z pair."""
     spaces = SPACES if generator.has_mapping else ("z",)
     return [f"{s}_{m}" for m in SAMPLINGS for s in spaces]
-
-
-def lerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """Linear interpolation ``a + (b - a) * t``.
-
-    Args:
-        a, b: ``N x ...`` endpoints (e.g. ``N x w_dim`` or ``N x L x w_dim``).
-        t: ``N`` interpolation positions (broadcast over the trailing axes).
-
-    Example:
-        >>> lerp(torch.zeros(2, 3), torch.ones(2, 3), torch.tensor([0.0, 0.5]))[:, 0].tolist()
-        [0.0, 0.5]
-    """
-    t = t.reshape(-1, *([1] * (a.ndim - 1))).to(a.dtype)
-    return a + (b - a) * t
-
-
-def _normalise(v: torch.Tensor) -> torch.Tensor:
-    return v / v.norm(dim=-1, keepdim=True)
-
-
-def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """Spherical interpolation between the *normalised* endpoints (NVlabs' definition).
-
-    The result has unit norm: ``normalise(a cos(t*theta) + c sin(t*theta))`` with
-    ``theta = acos(a . b)`` and ``c`` the unit component of ``b`` orthogonal to ``a``.
-
-    Args:
-        a, b: ``N x d`` endpoints (any norm; they are normalised first).
-        t: ``N`` interpolation positions.
-
-    Example:
-        >>> s = slerp(torch.tensor([[2.0, 0.0]]), torch.tensor([[0.0, 3.0]]), torch.tensor([0.5]))
-        >>> [round(v, 4) for v in s[0].tolist()]
-        [0.7071, 0.7071]
-    """
-    a = _normalise(a)
-    b = _normalise(b)
-    t = t.reshape(-1, 1).to(a.dtype)
-    d = (a * b).sum(dim=-1, keepdim=True)
-    p = t * torch.acos(d.clamp(-1.0, 1.0))
-    c = _normalise(b - d * a)
-    return _normalise(a * torch.cos(p) + c * torch.sin(p))
 
 
 def z_path_point(z0: torch.Tensor, z1: torch.Tensor, t: torch.Tensor, rescale: bool) -> torch.Tensor:
@@ -141,11 +85,6 @@ def pair_noise(generator, n_pairs: int, rng: torch.Generator) -> list[torch.Tens
         noise = torch.randn((n_pairs, *tail), generator=rng)
         out.append(noise.repeat_interleave(2, dim=0))
     return out
-
-
-def sample_noise(generator, n: int, rng: torch.Generator) -> list[torch.Tensor]:
-    """Independent noise per image: tensors of shape ``n x 1 x H x W`` drawn from ``rng``."""
-    return [torch.randn((n, *tuple(shape[1:])), generator=rng) for shape in generator.noise_shapes()]
 
 
 def percentile_filter(values: np.ndarray, lower: float = 1.0, upper: float = 99.0) -> tuple[np.ndarray, float, float]:
@@ -199,8 +138,7 @@ def ppl_distances(
     ``seed``, so the draws do not depend on the device.
 
     Args:
-        generator: exposes ``z_dim``, ``has_mapping``, ``normalizes_z``, ``mapping(z)``,
-            ``noise_shapes()`` and ``synthesis(w, noise)`` (see ``brainlatent.models.stylegan``).
+        generator: any family's network (the protocol of :mod:`brainlatent.models.families`).
         distance_fn: ``(img_a, img_b) -> N`` distance between two image batches ``N x 1 x R x R``.
         space: ``"z"`` or ``"w"``.
         sampling: ``"full"`` (t ~ U(0, 1)) or ``"end"`` (t = 0).
@@ -225,14 +163,16 @@ def ppl_distances(
         z = torch.randn((2 * n, generator.z_dim), generator=rng, dtype=torch.float64)
         t = torch.rand((n,), generator=rng, dtype=torch.float64) * (1.0 if sampling == "full" else 0.0)
         noise = [x.to(device) for x in pair_noise(generator, n, rng)]
+        c = sample_labels(generator, n, rng)  # conditional families: one label per pair, shared by its images
+        c = c.repeat_interleave(2, dim=0).to(device) if c is not None else None
         z0, z1 = z[0::2], z[1::2]
         if space == "z":
             za = z_path_point(z0, z1, t, rescale)
             zb = z_path_point(z0, z1, t + epsilon, rescale)
             latent = torch.stack([za, zb], dim=1).reshape(2 * n, -1).to(torch.float32).to(device)
-            w = generator.mapping(latent)
+            w = to_w(generator, latent, c)
         else:
-            w01 = generator.mapping(torch.stack([z0, z1], dim=1).reshape(2 * n, -1).to(torch.float32).to(device))
+            w01 = to_w(generator, torch.stack([z0, z1], dim=1).reshape(2 * n, -1).to(torch.float32).to(device), c)
             w0, w1 = w01[0::2].double(), w01[1::2].double()
             t_dev = t.to(device)
             wa, wb = lerp(w0, w1, t_dev), lerp(w0, w1, t_dev + epsilon)

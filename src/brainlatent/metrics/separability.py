@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from brainlatent.errors import BrainlatentError
-from brainlatent.metrics.ppl import progress, sample_noise
+from brainlatent.latents import batches
 
 ProbsFn = Callable[[torch.Tensor], dict]
 
@@ -366,20 +366,13 @@ def generate_labelled(
         ``(z N x z_dim, w N x w_dim or None without a mapping network, {head: N x K})``; for a
         layer-wise ``w`` (``N x L x w_dim``) the last layer is kept (all layers are equal).
     """
-    rng = torch.Generator(device="cpu").manual_seed(int(seed))
     zs, ws, probs = [], [], {}
-    n_batches = math.ceil(num_samples / batch_size)
-    for b in progress(range(n_batches), n_batches, "separability samples"):
-        n = min(batch_size, num_samples - b * batch_size)
-        z = torch.randn((n, generator.z_dim), generator=rng)
-        noise = [x.to(device) for x in sample_noise(generator, n, rng)]
-        w = generator.mapping(z.to(device))
-        images = generator.synthesis(w, noise=noise)
-        for name, p in probs_fn(images).items():
+    for batch in batches(generator, num_samples, seed, batch_size, device, desc="separability samples"):
+        for name, p in probs_fn(batch.images).items():
             probs.setdefault(name, []).append(torch.as_tensor(p).detach().double().cpu().numpy())
-        zs.append(z.double().numpy())
+        zs.append(batch.z.double().cpu().numpy())
         if generator.has_mapping:
-            w_last = w[:, -1] if w.ndim == 3 else w
+            w_last = batch.w[:, -1] if batch.w.ndim == 3 else batch.w
             ws.append(w_last.detach().double().cpu().numpy())
     return (
         np.concatenate(zs),

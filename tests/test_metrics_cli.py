@@ -86,10 +86,10 @@ def test_every_metric_and_aggregate(study):
     assert set(doc["results"]) == {"z_full", "z_end"}
     assert doc["settings"]["variants"]["z_full"]["z_rescaled"] is True
 
-    plot = root / "plots" / "profile.png"
-    out, doc = evaluate(root, cfg, "path_profile", "stylegan", "--plot", str(plot), "--gif-dir", str(root / "gifs"))
+    pictures = root / "pictures"
+    out, doc = evaluate(root, cfg, "path_profile", "stylegan", "--out-dir", str(pictures))
     outs.append(out)
-    assert plot.exists() and sorted(p.name for p in (root / "gifs").iterdir()) == ["interp_w.gif", "interp_w.png", "interp_z.gif", "interp_z.png"]
+    assert sorted(p.name for p in pictures.iterdir()) == ["interp_w.gif", "interp_w.png", "interp_z.gif", "interp_z.png", "path_profile.png"]
     assert len(doc["results"]["w"]["curve_mean"]) == 6 and np.asarray(doc["curves"]["z"]).shape == (2, 6)
 
     out, doc = evaluate(root, cfg, "separability")

@@ -8,7 +8,8 @@ import pytest
 import torch
 from metrics_standins import LinearFeatures, LinearGenerator
 
-from brainlatent.explore import save_strip, to_uint8, write_interpolations
+from brainlatent.explore import write_interpolations
+from brainlatent.images import save_strip, to_uint8
 from brainlatent.metrics.path_profile import linearity_r2, path_profile, plot_path_profile
 
 torch.set_num_threads(1)

@@ -163,14 +163,14 @@ def _write_eval(study: Path, cfg: dict, arch: str, z: int, rng: np.random.Genera
     steps = 12
     curves = {s: np.cumsum(rng.uniform(0.1, 1.0, (3, steps)) ** (1.0 if s == "w" else 2.0), axis=1) - 0.1 for s in spaces}
     prof = {"spaces": spaces, **{s: {"curves": curves[s], **summarise_curves(curves[s])} for s in spaces}}
-    plot_path_profile(prof, out / "path_profile.png", title=f"{arch}-z{z}")
+    plot_path_profile(prof, out / "path_profile" / "path_profile.png", title=f"{arch}-z{z}")
     results = {s: {k: v for k, v in prof[s].items() if k != "curves"} for s in spaces}
     io.write_json(out / "path_profile.json", _doc(cfg, "path_profile", arch, z, results, {"pairs": 3, "steps": steps},
                                                   curves={s: curves[s] for s in spaces}))
     frames = (rng.uniform(0, 255, (5, RES, RES))).astype(np.uint8)
     for s in ("z", "w"):
-        save_strip(frames, out / "interpolations" / f"interp_{s}.png", n=5)
-        save_gif(frames, out / "interpolations" / f"interp_{s}.gif")
+        save_strip(frames, out / "path_profile" / f"interp_{s}.png", n=5)
+        save_gif(frames, out / "path_profile" / f"interp_{s}.gif")
 
     per_repeat = []
     for r in range(3):

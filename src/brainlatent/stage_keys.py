@@ -37,10 +37,7 @@ STAGE_KEYS: dict[str, tuple[str, ...]] = {
     ),
     "train_classifier": ("seed", "attributes", "classifier", "-classifier.lpips_weights"),
     # a generator's trainer: ``"train:<family>"``, keys from brainlatent.models.families
-    "evaluate:ppl": ("seed", "study", "evaluate.batch_size", "evaluate.ppl", "classifier.lpips_weights"),
-    "evaluate:path_profile": ("seed", "study", "evaluate.batch_size", "evaluate.path_profile"),
-    "evaluate:separability": ("seed", "study", "evaluate.batch_size", "evaluate.separability", "attributes"),
-    "evaluate:quality": ("seed", "study", "evaluate.batch_size", "evaluate.quality"),
+    # a metric: ``"evaluate:<metric>"``, keys from brainlatent.metrics.registry
     "aggregate": ("study",),
     "report": ("*",),
 }
@@ -52,8 +49,12 @@ def stage_keys(stage: str) -> tuple[str, ...]:
         from brainlatent.models.families import get_family
 
         return get_family(stage.split(":", 1)[1]).stage_keys
+    if stage.startswith("evaluate:"):
+        from brainlatent.metrics.registry import get_metric
+
+        return get_metric(stage.split(":", 1)[1]).stage_keys
     if stage not in STAGE_KEYS:
-        raise BrainlatentError(f"unknown stage '{stage}'; stages with a key list: {sorted(STAGE_KEYS)} and train:<family>")
+        raise BrainlatentError(f"unknown stage '{stage}'; stages with a key list: {sorted(STAGE_KEYS)} and train:<family>, evaluate:<metric>")
     return STAGE_KEYS[stage]
 
 

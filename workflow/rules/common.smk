@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from brainlatent.config import resolve_study
+from brainlatent.metrics.registry import metrics
 from brainlatent.models.families import families, get_family, model_id
 from brainlatent.stage_keys import stage_view
 
@@ -27,6 +28,7 @@ RES = CFG["slices"]["resolution"]
 SLICES = f"{S}/slices/{RES}"
 MODELS = [model_id(arch, z) for arch in CFG["gan"]["archs"] for z in CFG["gan"]["latent_sizes"]]
 FAMILY_PATTERN = "|".join(families())
+METRIC_PATTERN = "|".join(metrics())
 GPU = {"gpu": 1, "runtime": CFG["resources"]["gpu_runtime_min"], "mem_mb": CFG["resources"]["gpu_mem_mb"]}
 CPU = {"runtime": CFG["resources"]["cpu_runtime_min"], "mem_mb": CFG["resources"]["cpu_mem_mb"]}
 ENV = "../../envs/brainlatent.yaml"

@@ -1,74 +1,32 @@
-# Evaluation (GPU rules): one rule per metric family and model, then one metrics.csv per study.
+# Evaluation (GPU rule): one job per (model, metric), the metrics each family lists in the registry
+# (brainlatent.models.families; metrics from brainlatent.metrics.registry); then one metrics.csv.
 
 
-rule evaluate_ppl:
+rule evaluate:
     input:
         network=f"{S}/gan/{{arch}}-z{{zdim}}/network.pt",
         classifier=f"{S}/classifier/model.pt",
+        classifier_metrics=f"{S}/classifier/metrics.json",
         manifest=f"{SLICES}/manifest.parquet",
     output:
-        json=f"{S}/eval/{{arch}}-z{{zdim}}/ppl.json",
+        json=f"{S}/eval/{{arch}}-z{{zdim}}/{{metric}}.json",
+        pictures=directory(f"{S}/eval/{{arch}}-z{{zdim}}/{{metric}}"),
     params:
-        config=stage_config("evaluate:ppl"),
+        config=lambda w: stage_config(f"evaluate:{w.metric}"),
         slices=input_folder("manifest"),
-        metric="ppl",
-        extra=[],
     log:
-        f"{LOGS}/evaluate/ppl/{{arch}}-z{{zdim}}.log",
+        f"{LOGS}/evaluate/{{metric}}/{{arch}}-z{{zdim}}.log",
     benchmark:
-        f"{BENCH}/evaluate/ppl/{{arch}}-z{{zdim}}.tsv"
+        f"{BENCH}/evaluate/{{metric}}/{{arch}}-z{{zdim}}.tsv"
     threads: CFG["resources"]["gpu_threads"]
     resources:
         **GPU,
     conda:
         ENV
     shell:
-        "OMP_NUM_THREADS={threads} brainlatent evaluate --metric {params.metric:q} --config {params.config:q} --network {input.network:q}"
-        " --classifier {input.classifier:q} --slices {params.slices:q} --out {output.json:q} {params.extra:q} 2> {log:q}"
-
-
-use rule evaluate_ppl as evaluate_separability with:
-    output:
-        json=f"{S}/eval/{{arch}}-z{{zdim}}/separability.json",
-    params:
-        config=stage_config("evaluate:separability"),
-        slices=input_folder("manifest"),
-        metric="separability",
-        extra=[],
-    log:
-        f"{LOGS}/evaluate/separability/{{arch}}-z{{zdim}}.log",
-    benchmark:
-        f"{BENCH}/evaluate/separability/{{arch}}-z{{zdim}}.tsv"
-
-
-use rule evaluate_ppl as evaluate_quality with:
-    output:
-        json=f"{S}/eval/{{arch}}-z{{zdim}}/quality.json",
-    params:
-        config=stage_config("evaluate:quality"),
-        slices=input_folder("manifest"),
-        metric="quality",
-        extra=[],
-    log:
-        f"{LOGS}/evaluate/quality/{{arch}}-z{{zdim}}.log",
-    benchmark:
-        f"{BENCH}/evaluate/quality/{{arch}}-z{{zdim}}.tsv"
-
-
-use rule evaluate_ppl as evaluate_path_profile with:
-    output:
-        json=f"{S}/eval/{{arch}}-z{{zdim}}/path_profile.json",
-        plot=report(f"{S}/eval/{{arch}}-z{{zdim}}/path_profile.png", caption="../report/path_profile.rst", category="Path profiles"),
-        gifs=directory(f"{S}/eval/{{arch}}-z{{zdim}}/interpolations"),
-    params:
-        config=stage_config("evaluate:path_profile"),
-        slices=input_folder("manifest"),
-        metric="path_profile",
-        extra=lambda w, output: ["--plot", output.plot, "--gif-dir", output.gifs],
-    log:
-        f"{LOGS}/evaluate/path_profile/{{arch}}-z{{zdim}}.log",
-    benchmark:
-        f"{BENCH}/evaluate/path_profile/{{arch}}-z{{zdim}}.tsv"
+        "OMP_NUM_THREADS={threads} brainlatent evaluate --metric {wildcards.metric:q} --config {params.config:q}"
+        " --network {input.network:q} --classifier {input.classifier:q} --classifier-metrics {input.classifier_metrics:q}"
+        " --slices {params.slices:q} --out {output.json:q} --out-dir {output.pictures:q} 2> {log:q}"
 
 
 rule aggregate:

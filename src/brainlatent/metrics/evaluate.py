@@ -1,12 +1,9 @@
 """``brainlatent evaluate``: one metric family for one trained generator, written as one JSON.
 
-Metric families (``--metric``):
-
-* ``ppl``: the NVlabs perceptual path length, every variant the generator supports;
-* ``path_profile``: the reference study's 150-step distance-from-first profile (+ a PNG plot and
-  interpolation GIFs/strips, paths given by ``--plot`` and ``--gif-dir``);
-* ``separability``: linear separability of the configured binary attributes in Z and W;
-* ``quality``: FID / KID / precision-recall on the classifier's features with the real-vs-real floor.
+Metrics (``--metric``) come from the metric registry (:mod:`brainlatent.metrics.registry`); the ones
+every family gets are in :mod:`brainlatent.metrics.builtin` (``ppl``, ``path_profile``,
+``separability``, ``quality``). A metric's pictures go into ``--out-dir`` (default: a folder named
+after the metric beside ``--out``).
 
 Each JSON holds ``results`` (numbers only; what ``brainlatent aggregate`` collects), ``settings``
 (sample counts, seeds, feature network and its sha256, device, versions) and ``notes``.
@@ -24,7 +21,6 @@ import hashlib
 import logging
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from brainlatent import __version__
@@ -35,9 +31,6 @@ from brainlatent.numerics import module_dtype, numerics_info, strict_float32
 
 log = logging.getLogger(__name__)
 
-METRICS = ("ppl", "path_profile", "separability", "quality")
-#: below this many PPL pairs the bootstrap errors can be dominated by one outlier (docs/metrics.md)
-MIN_BOOTSTRAP_PAIRS = 1000
 
 
 # --------------------------------------------------------------------------------------------
@@ -88,211 +81,6 @@ def classifier_specs(classifier, classifier_path: str | Path | None, cfg: dict) 
     return specs, notes
 
 
-def load_real_images(slices_dir: str | Path, split: str = "test") -> np.ndarray:
-    """The real slices of one split, ``N x 1 x R x R`` float32 (read from the memmap)."""
-    from brainlatent.slices import load_slices
-
-    images, manifest = load_slices(slices_dir)
-    if "split" not in manifest.columns:
-        raise BrainlatentError(f"{Path(slices_dir) / 'manifest.parquet'}: no 'split' column; expected train/val/test per slice")
-    chosen = manifest[manifest["split"].astype(str) == split]
-    if chosen.empty:
-        raise BrainlatentError(f"{Path(slices_dir) / 'manifest.parquet'}: no slices in split '{split}'")
-    rows = chosen["index"].to_numpy() if "index" in chosen.columns else chosen.index.to_numpy()
-    return np.asarray(images[np.sort(rows)], dtype=np.float32)
-
-
-def _embed(features, images: torch.Tensor | np.ndarray, batch_size: int, device) -> np.ndarray:
-    """Penultimate features of many images, in chunks so memory stays bounded."""
-    out = []
-    chunk = max(batch_size, 1) * 16
-    for i in range(0, len(images), chunk):
-        x = torch.as_tensor(np.asarray(images[i : i + chunk]) if not isinstance(images, torch.Tensor) else images[i : i + chunk])
-        e = features.embed(x.to(device), batch_size)
-        out.append(torch.as_tensor(e).detach().double().cpu().numpy())
-    return np.concatenate(out)
-
-
-@torch.no_grad()
-def generated_features(generator, features, n: int, batch_size: int, seed: int, device) -> np.ndarray:
-    """Penultimate features of ``n`` generated images (z ~ N(0, I), random noise, no truncation)."""
-    from brainlatent.latents import batches
-
-    out = [torch.as_tensor(features.embed(batch.images, batch_size)).detach().double().cpu().numpy()
-           for batch in batches(generator, n, seed, batch_size, device, desc="quality samples")]
-    return np.concatenate(out)
-
-
-# --------------------------------------------------------------------------------------------
-# One function per metric family: (results, settings, notes)
-
-
-def evaluate_ppl(cfg: dict, generator, distance_fn, seed: int, device) -> tuple[dict, dict, list[str], dict]:
-    from brainlatent.metrics.ppl import BOOTSTRAP_RESAMPLES, bootstrap_seed, compare_variants, describe_variant, ppl_distances, variants_for
-
-    p = cfg["evaluate"]["ppl"]
-    bs = cfg["evaluate"]["batch_size"]
-    results, per_variant, notes, distances = {}, {}, [], {}
-    for name in variants_for(generator):
-        space, sampling = name.split("_")
-        distances[name] = ppl_distances(generator, distance_fn, space, sampling, p["num_samples"], p["epsilon"], bs, seed, device)
-        r = describe_variant(distances[name], generator, space, sampling, p["epsilon"], bs, seed)
-        results[name] = {k: r[k] for k in ("mean", "std", "se", "ci_low", "ci_high", "n_kept", "n_total", "lo", "hi")}
-        per_variant[name] = {k: r[k] for k in ("interpolation", "z_rescaled")}
-        notes += [f"{name}: {n}" for n in r["notes"]]
-    if p["num_samples"] < MIN_BOOTSTRAP_PAIRS:
-        notes.append(
-            f"{p['num_samples']} pairs: the filter drops only about 1 % of them, so a single extreme value drawn several times "
-            f"in a bootstrap resample can dominate se and ci; use at least {MIN_BOOTSTRAP_PAIRS} pairs for trustworthy errors"
-        )
-    comparisons = compare_variants(distances, bootstrap_seed(seed))
-    for key, c in comparisons.items():
-        if not c["se_below_quarter_gap"]:
-            notes.append(
-                f"{key}: the standard error of the difference ({c['se']:.4g}) is above a quarter of the difference "
-                f"({c['difference']:.4g}); raise evaluate.ppl.num_samples to resolve it (docs/metrics.md, sample counts)"
-            )
-    settings = {
-        "num_samples": p["num_samples"],
-        "epsilon": p["epsilon"],
-        "distance": p["distance"],
-        "variants": per_variant,
-        "t_full": "U(0,1)",
-        "t_end": 0.0,
-        "crop": False,
-        "filter": "keep P1 (method lower) <= d <= P99 (method higher)",
-        "std_ddof": 1,
-        "same_seed_for_every_variant": True,
-        "standard_error": (
-            f"se, ci_low, ci_high: bootstrap over the per-pair values ({BOOTSTRAP_RESAMPLES} resamples, the filter "
-            "re-applied to each resample), std (ddof=1) and 2.5/97.5 percentiles of the filtered means"
-        ),
-        "bootstrap_resamples": BOOTSTRAP_RESAMPLES,
-        "bootstrap_seed": bootstrap_seed(seed),
-    }
-    if not generator.has_mapping:
-        notes.append(f"arch '{generator.arch}' has no mapping network: only the Z variants")
-    return results, settings, notes, ({"comparisons": comparisons} if comparisons else {})
-
-
-def evaluate_path_profile(
-    cfg: dict, generator, features, seed: int, device, plot: str | Path | None, gif_dir: str | Path | None
-) -> tuple[dict, dict, list[str], dict]:
-    from brainlatent.explore import write_interpolations
-    from brainlatent.metrics.path_profile import path_profile, plot_path_profile
-
-    p = cfg["evaluate"]["path_profile"]
-    bs = cfg["evaluate"]["batch_size"]
-    prof = path_profile(generator, lambda x: features.embed(x, bs), p["pairs"], p["steps"], bs, seed, device)
-    results, curves = {}, {}
-    for space in prof["spaces"]:
-        curves[space] = prof[space].pop("curves")
-        results[space] = prof[space]
-    notes = []
-    if not generator.has_mapping:
-        notes.append(f"arch '{generator.arch}' has no mapping network: only Z (its W equals Z)")
-    extra = {}
-    if plot is not None:
-        plot_path_profile(prof, plot, title=f"{generator.arch}, z_dim {generator.z_dim}: path profile")
-        extra["plot"] = str(plot)
-    if gif_dir is not None:
-        extra.update(write_interpolations(generator, gif_dir, seed=derive_seed(seed, "explore"), device=device, batch_size=bs))
-        if not generator.has_mapping:
-            notes.append("interp_w.* show the Z interpolation (no mapping network, W = Z)")
-    settings = dict(prof["settings"])
-    settings["outputs"] = extra
-    return results, settings, notes, {"curves": curves}
-
-
-def evaluate_separability(
-    cfg: dict, generator, features, specs: list[dict], seed: int, device, classifier_metrics: dict | None = None
-) -> tuple[dict, dict, list[str]]:
-    from brainlatent.metrics.separability import linear_separability
-
-    p = cfg["evaluate"]["separability"]
-    out = linear_separability(
-        generator,
-        features.predict_proba,
-        specs,
-        attributes=p["attributes"],
-        binarise=p["binarise"],
-        num_samples=p["num_samples"],
-        repeats=p["repeats"],
-        batch_size=cfg["evaluate"]["batch_size"],
-        seed=seed,
-        device=device,
-        classifier_metrics=classifier_metrics,
-    )
-    notes = []
-    for key, entry in out["results"].items():
-        notes += [f"{key}: {n}" for n in entry.pop("notes", [])]
-    notes += interpretability_notes(out["classifier_check"])
-    if p["repeats"] < 2:
-        notes.append("one repeat: no standard error over repeats (the _se values are null); set evaluate.separability.repeats >= 2")
-    settings = {
-        "num_samples": p["num_samples"],
-        "num_kept": p["num_samples"] // 2,
-        "repeats": p["repeats"],
-        "attributes": out["attributes"],
-        "spaces": out["spaces"],
-        "svm": "sklearn.svm.LinearSVC() defaults (random_state fixed: only the dual solver uses it), fitted and scored on the kept samples",
-        "entropy": "H(Y|X) in bits = H(Y) - I(X;Y) from the 2x2 table (SVM prediction x classifier label), clipped >= 0",
-        "combined_score": "2 ** sum over attributes of H(Y|X) (bits), per repeat, then mean and std (ddof=1)",
-        "heldout": "SVM fitted on a random half of the kept samples, scored on the other half",
-        "std_ddof": 1,
-        "standard_error": "_se: std (ddof=1) over the repeats / sqrt(repeats); z_minus_w: per-repeat paired difference (same samples)",
-        "classifier_check": out["classifier_check"],
-    }
-    if not generator.has_mapping:
-        notes.append(f"arch '{generator.arch}' has no mapping network: Z only")
-    return out["results"], settings, notes
-
-
-def interpretability_notes(checks: dict[str, dict]) -> list[str]:
-    """One note per attribute whose separability cannot be interpreted, or whose check could not run."""
-    notes = []
-    for name, c in checks.items():
-        if c["interpretable"] is False:
-            notes.append(
-                f"{name}: NOT INTERPRETABLE: the classifier's {c['split']} {c['measure']} ({c['score']:.3f}) is not above "
-                f"its majority baseline ({c['baseline']:.3f}), so its labels carry no information to separate"
-            )
-        elif c["interpretable"] is None:
-            notes.append(f"{name}: interpretability unknown ({c['reason']})")
-    return notes
-
-
-def evaluate_quality(cfg: dict, generator, features, slices: str | Path, seed: int, device) -> tuple[dict, dict, list[str]]:
-    from brainlatent.metrics.quality import quality_report
-
-    p = cfg["evaluate"]["quality"]
-    bs = cfg["evaluate"]["batch_size"]
-    real = load_real_images(slices, "test")
-    if real.shape[-1] != generator.resolution:
-        raise BrainlatentError(f"{slices}: real slices are {real.shape[-1]}x{real.shape[-2]} but the generator makes {generator.resolution}x{generator.resolution}")
-    real_feats = _embed(features, real, bs, device)
-    gen_feats = generated_features(generator, features, p["num_generated"], bs, derive_seed(seed, "generate"), device)
-    rep = quality_report(real_feats, gen_feats, p["kid_subsets"], p["kid_subset_size"], p["pr_k"], derive_seed(seed, "report"), device)
-    results = {k: rep[k] for k in ("fid", "kid", "precision", "recall")}
-    settings = {
-        "num_generated": p["num_generated"],
-        "real_split": "test",
-        "kid_subsets": p["kid_subsets"],
-        "kid_subset_size": p["kid_subset_size"],
-        "kid_kernel": "(a.b/d + 1)^3, unbiased MMD^2 per subset, std ddof=0",
-        "pr_k": p["pr_k"],
-        "fid_covariance_ddof": 1,
-        "features": "attribute classifier, penultimate layer",
-        "sizes": rep["sizes"],
-        "comparisons": {
-            "generated_vs_real": "all generated vs all real test slices",
-            "generated_vs_real_matched": "generated subset of real-half size vs real half B",
-            "real_vs_real": "real half A vs real half B (floor)",
-        },
-    }
-    return results, settings, rep["notes"]
-
-
 def evaluate(
     metric: str,
     cfg: dict,
@@ -301,53 +89,44 @@ def evaluate(
     specs: list[dict] | None = None,
     device: str | torch.device = "cpu",
     slices: str | Path | None = None,
-    plot: str | Path | None = None,
-    gif_dir: str | Path | None = None,
+    out_dir: str | Path | None = None,
     distance_fn=None,
     classifier_metrics: dict | None = None,
 ) -> dict:
-    """Compute one metric family; returns the JSON document (without file provenance).
+    """Compute one registered metric; returns the JSON document (without file provenance).
 
     Args:
-        metric: one of ``ppl``, ``path_profile``, ``separability``, ``quality``.
-        cfg: the completed study config.
-        generator: the network (see ``brainlatent.models.stylegan.Generator``).
+        metric: a registered metric name (:func:`brainlatent.metrics.registry.metrics`).
+        cfg: the metric's stage config (or a completed study config).
+        generator: the network (any family; :mod:`brainlatent.models.families`).
         features: ``PerceptualFeatures``-like (``embed``, ``distance``, ``predict_proba``).
-        specs: the classifier's attribute specs (separability).
+        specs: the classifier's attribute specs (default: the config's attributes, if it has them).
         device: where everything runs.
-        slices: slice dataset folder (quality).
-        plot, gif_dir: extra outputs of ``path_profile``.
+        slices: slice dataset folder (real images).
+        out_dir: folder for the metric's pictures (None: none are written).
         distance_fn: the PPL distance (default ``features.distance``).
         classifier_metrics: the classifier's ``metrics.json`` (separability: the interpretability check).
 
-    Every family runs with TF32 off (:func:`brainlatent.numerics.strict_float32`); the document's
+    Every metric runs with TF32 off (:func:`brainlatent.numerics.strict_float32`); the document's
     ``settings.numerics`` records device, dtype, torch version and the TF32 flags.
     """
-    if metric not in METRICS:
-        raise BrainlatentError(f"--metric: expected one of {METRICS}, got '{metric}'")
+    from brainlatent.metrics.registry import MetricContext, get_metric
+
+    entry = get_metric(metric)
     seed = metric_seed(cfg, metric, generator)
-    extra: dict = {}
     strict_float32()
-    if metric == "ppl":
-        results, settings, notes, extra = evaluate_ppl(cfg, generator, distance_fn or features.distance, seed, device)
-    elif metric == "path_profile":
-        results, settings, notes, extra = evaluate_path_profile(cfg, generator, features, seed, device, plot, gif_dir)
-    elif metric == "separability":
-        if specs is None:
-            specs = cfg.get("attributes")
-        if not specs:
-            raise BrainlatentError("separability: no attribute specs (the classifier's heads) were given")
-        results, settings, notes = evaluate_separability(cfg, generator, features, specs, seed, device, classifier_metrics)
-    else:
-        if slices is None:
-            raise BrainlatentError("--metric quality needs --slices (the slice dataset folder with the real test slices)")
-        results, settings, notes = evaluate_quality(cfg, generator, features, slices, seed, device)
+    ctx = MetricContext(
+        cfg=cfg, generator=generator, features=features, specs=specs if specs is not None else list(cfg.get("attributes") or []),
+        seed=seed, device=device, slices=Path(slices) if slices is not None else None,
+        out_dir=Path(out_dir) if out_dir is not None else None, distance=distance_fn, classifier_metrics=classifier_metrics,
+    )
+    result = entry.fn(ctx)
     doc = {
         "metric": metric,
         "study": cfg["study"],
         "arch": generator.arch,
         "z_dim": int(generator.z_dim),
-        "results": results,
+        "results": result.results,
         "settings": {
             "metric": metric,
             "arch": generator.arch,
@@ -360,12 +139,12 @@ def evaluate(
             "package_version": __version__,
             "torch_version": torch.__version__,
             "config_hash": config_hash(cfg),
-            **settings,
+            **result.settings,
             "numerics": numerics_info(device, module_dtype(generator)),
         },
-        "notes": notes,
+        "notes": result.notes,
     }
-    doc.update(extra)
+    doc.update(result.extra)
     return doc
 
 
@@ -374,14 +153,15 @@ def evaluate(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--metric", required=True, choices=METRICS, help="metric family to compute")
+    from brainlatent.metrics.registry import metrics
+
+    parser.add_argument("--metric", required=True, choices=sorted(metrics()), help="registered metric to compute")
     parser.add_argument("--config", required=True, help="study config (YAML path or inline JSON)")
     parser.add_argument("--network", required=True, help="trained generator, e.g. gan/stylegan-z32/network.pt")
     parser.add_argument("--classifier", required=True, help="attribute classifier, classifier/model.pt (the feature network)")
     parser.add_argument("--slices", default=None, help="slice dataset folder slices/<res> (needed by --metric quality)")
     parser.add_argument("--out", required=True, help="output JSON, e.g. eval/stylegan-z32/ppl.json")
-    parser.add_argument("--plot", default=None, help="path_profile: PNG plot path (default: <out stem>.png beside --out)")
-    parser.add_argument("--gif-dir", default=None, help="path_profile: folder for interp_{z,w}.{gif,png} (default: the folder of --out)")
+    parser.add_argument("--out-dir", default=None, help="folder for the metric's pictures (default: <out without .json>/ beside --out)")
     parser.add_argument("--lpips-weights", default=None, help="ppl with evaluate.ppl.distance 'lpips': the LPIPS-VGG16 state-dict file (default: classifier.lpips_weights of the config)")
     parser.add_argument("--classifier-metrics", default=None, help="separability: the classifier's metrics.json (default: metrics.json beside --classifier)")
     parser.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:1 ...")
@@ -390,10 +170,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _load_models(args, cfg: dict, device: torch.device):
     """Generator, classifier, features and the PPL distance named by the CLI arguments."""
     from brainlatent.metrics.features import PerceptualFeatures
-    from brainlatent.train.classifier import load_classifier
-    from brainlatent.models.stylegan import load_generator
+    from brainlatent.models.families import load_network
+    from brainlatent.models.vgg import load_classifier
 
-    generator = load_generator(args.network, device).eval().requires_grad_(False)
+    generator = load_network(args.network, device).eval().requires_grad_(False)
     classifier = load_classifier(args.classifier, device).eval().requires_grad_(False)
     features = PerceptualFeatures(classifier, device)
     feature_info = {"classifier": str(args.classifier), "classifier_sha256": sha256_file(args.classifier), "distance": "classifier"}
@@ -434,13 +214,12 @@ def run(args: argparse.Namespace) -> None:
             raise BrainlatentError(f"{flag} {path}: file not found")
     device = pick_device(args.device)
     out = Path(args.out)
-    plot = args.plot or (out.with_suffix(".png") if args.metric == "path_profile" else None)
-    gif_dir = args.gif_dir or (out.parent if args.metric == "path_profile" else None)
+    out_dir = Path(args.out_dir) if args.out_dir else out.with_suffix("")
     generator, classifier, features, distance_fn, feature_info = _load_models(args, cfg, device)
     specs, spec_notes = classifier_specs(classifier, args.classifier, cfg)
     log.info("evaluate %s: %s z%d on %s", args.metric, generator.arch, generator.z_dim, device)
     clf_metrics, clf_metrics_path = load_classifier_metrics(args) if args.metric == "separability" else (None, None)
-    doc = evaluate(args.metric, cfg, generator, features, specs, device, args.slices, plot, gif_dir, distance_fn, clf_metrics)
+    doc = evaluate(args.metric, cfg, generator, features, specs, device, args.slices, out_dir, distance_fn, clf_metrics)
     doc["settings"]["network"] = str(args.network)
     doc["settings"]["network_sha256"] = sha256_file(args.network)
     doc["settings"]["feature_network"] = feature_info

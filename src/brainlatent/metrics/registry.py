@@ -38,6 +38,7 @@ class MetricContext:
         slices: the slice dataset folder (real images and manifest), or None.
         out_dir: a folder for the metric's pictures (created on demand).
         distance: the image distance PPL uses (the classifier's or LPIPS).
+        classifier_metrics: the classifier's ``metrics.json`` (test scores against baselines), if read.
     """
 
     cfg: dict
@@ -49,6 +50,7 @@ class MetricContext:
     slices: Path | None = None
     out_dir: Path | None = None
     distance: Callable | None = None
+    classifier_metrics: dict | None = None
 
 
 @dataclass
@@ -77,10 +79,8 @@ _BUILTIN_MODULES = ("brainlatent.metrics.builtin",)
 
 
 def register_metric(name: str, stage_keys: tuple[str, ...] = ("seed", "study", "evaluate.batch_size"), description: str = ""):
-    """Decorator: register ``fn(ctx) -> MetricResult`` as metric ``name`` reading ``stage_keys``.
-
-    ``evaluate.<name>`` is added to the stage keys when the schema has such a section.
-    """
+    """Decorator: register ``fn(ctx) -> MetricResult`` as metric ``name`` reading ``stage_keys``
+    (the config keys its code reads; the workflow passes exactly these, :mod:`brainlatent.stage_keys`)."""
 
     def wrap(fn: Callable[[MetricContext], MetricResult]) -> Callable[[MetricContext], MetricResult]:
         if name in _METRICS:

@@ -343,3 +343,18 @@ def load_vgg16_conv_weights(trunk: VGG16Trunk, path: str | Path, state: Mapping[
                     getattr(layer.norm, name).copy_(bn[name].float())
             if layer.conv.bias is not None and src["bias"] is not None:
                 layer.conv.bias.copy_(src["bias"].float())
+
+
+def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> VGG16Classifier:
+    """Rebuild a classifier from ``model.pt``/``last.pt`` (weights-only load); returned in eval mode."""
+    from brainlatent.io import load_torch
+
+    payload = load_torch(path)
+    if not isinstance(payload, dict) or "state_dict" not in payload or "model_config" not in payload:
+        raise BrainlatentError(f"{path}: not a brainlatent classifier file (expected keys 'state_dict' and 'model_config')")
+    try:
+        model = VGG16Classifier(**payload["model_config"])
+        model.load_state_dict(payload["state_dict"])
+    except (TypeError, RuntimeError) as exc:
+        raise BrainlatentError(f"{path}: classifier weights do not match its model_config ({exc})".splitlines()[0]) from None
+    return model.to(device).eval()

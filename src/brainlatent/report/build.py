@@ -773,10 +773,10 @@ def section_generators(st: StudyFiles) -> str:
             body.append(not_run(f"sample grid of {name}", f"no gan/{name}/samples/fakes-*.png"))
         strips = []
         for space in ("z", "w"):
-            strip = st.bytes(f"eval/{name}/interpolations/interp_{space}.png")
+            strip = st.bytes(f"eval/{name}/path_profile/interp_{space}.png")
             if strip is not None:
-                gif = f"../eval/{name}/interpolations/interp_{space}.gif"
-                link = f' (<a href="{_attr(gif)}">animation</a>)' if st.exists(f"eval/{name}/interpolations/interp_{space}.gif") else ""
+                gif = f"../eval/{name}/path_profile/interp_{space}.gif"
+                link = f' (<a href="{_attr(gif)}">animation</a>)' if st.exists(f"eval/{name}/path_profile/interp_{space}.gif") else ""
                 label = space.upper() if ("w" in spaces_of(arch) or space == "z") else "W = Z (no mapping network)"
                 strips.append(figure(strip, f"Linear interpolation in {esc(label)}{link}.", f"interpolation {space} {name}", css="pixel"))
         if strips:

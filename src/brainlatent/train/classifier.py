@@ -68,7 +68,7 @@ from brainlatent import io
 from brainlatent.attributes import bin_centres, class_names, n_classes
 from brainlatent.config import derive_seed, load_stage_config, plain
 from brainlatent.errors import BrainlatentError
-from brainlatent.models.vgg import VGG16Classifier
+from brainlatent.models.vgg import VGG16Classifier, load_classifier  # noqa: F401 - load_classifier: the trainer's callers load what it wrote
 from brainlatent.numerics import strict_float32
 from brainlatent.slices import dataset_identity
 from brainlatent.train.checkpoint import capture_rng_state, fingerprint_digest, restore_rng_state, resume_matching, save_checkpoint
@@ -334,19 +334,6 @@ def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 def model_payload(state_dict: dict, model: VGG16Classifier, cfg: dict, **extra: Any) -> dict:
     """What ``model.pt`` / ``last.pt`` hold: weights, constructor kwargs, attribute specs, provenance."""
     return {"state_dict": state_dict, "model_config": copy.deepcopy(model.config), "attributes": plain(cfg["attributes"]), **extra}
-
-
-def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> VGG16Classifier:
-    """Rebuild a classifier from ``model.pt``/``last.pt`` (weights-only load); returned in eval mode."""
-    payload = io.load_torch(path)
-    if not isinstance(payload, dict) or "state_dict" not in payload or "model_config" not in payload:
-        raise BrainlatentError(f"{path}: not a brainlatent classifier file (expected keys 'state_dict' and 'model_config')")
-    try:
-        model = VGG16Classifier(**payload["model_config"])
-        model.load_state_dict(payload["state_dict"])
-    except (TypeError, RuntimeError) as exc:
-        raise BrainlatentError(f"{path}: classifier weights do not match its model_config ({exc})".splitlines()[0]) from None
-    return model.to(device).eval()
 
 
 # ------------------------------------------------------------------------------------------------

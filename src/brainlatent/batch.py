@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import html
 import itertools
 import json
 import logging
@@ -52,11 +51,14 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from markupsafe import Markup
 
 from brainlatent import io
 from brainlatent.config import load_config, study_dir, validate
-from brainlatent.models.families import model_id
 from brainlatent.errors import BrainlatentError, raise_if_problems
+from brainlatent.models.families import model_id
+from brainlatent.report.primitives import esc as _esc
+from brainlatent.report.templating import page
 
 log = logging.getLogger(__name__)
 
@@ -399,10 +401,6 @@ def _fmt_for(value: float) -> str:
     return auto_format(value)
 
 
-def _esc(text: Any) -> str:
-    return html.escape(str(text), quote=True)
-
-
 def _table(comp, settings: list[tuple], group_cols: Sequence[str], table_id: str, caption: str) -> str:
     """Rows = metric rows, columns = settings (combinations of the non-replicate grid values)."""
     rows = [tuple(_norm(v) for v in r) for r in comp.drop_duplicates(METRIC_COLUMNS)[METRIC_COLUMNS].itertuples(index=False, name=None)]
@@ -433,9 +431,7 @@ def _table(comp, settings: list[tuple], group_cols: Sequence[str], table_id: str
 def comparison_html(name: str, runs: Sequence[Run], comp, group_cols: Sequence[str], replicate: Sequence[str], out_dir: Path) -> str:
     """The batch's comparison page (self-contained HTML)."""
     import re as _re
-    from importlib import resources
 
-    css = resources.files("brainlatent.report").joinpath("templates", "style.css").read_text(encoding="utf-8")
     settings = list(dict.fromkeys(tuple(_norm(r[c]) for c in group_cols) for r in comp.to_dict("records"))) or [()]
     run_rows = []
     for run in runs:
@@ -469,15 +465,8 @@ def comparison_html(name: str, runs: Sequence[Run], comp, group_cols: Sequence[s
             parts.append(_table(comp[comp["metric"] == metric], settings, group_cols, f"table-{_re.sub(r'[^a-z0-9_-]', '_', str(metric))}",
                                 f"{metric}: mean ± std over runs"))
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>brainlatent batch: {_esc(name)}</title>
-<style>
-{css}
-</style></head>
-<body><header class="top"><div class="inner"><h1>Batch comparison <code>{_esc(name)}</code></h1>
-<div class="meta"><span class="item">generated {_esc(stamp)}</span></div></div></header>
-<main>{"".join(parts)}</main></body></html>
-"""
+    heading = Markup("Batch comparison <code>{}</code>").format(name)
+    return page(f"brainlatent batch: {name}", heading, Markup("".join(parts)), [f"generated {stamp}"])
 
 
 def build_comparison(name: str, runs: Sequence[Run], replicate: Sequence[str], out_dir: Path) -> tuple[Path, Path, Path]:

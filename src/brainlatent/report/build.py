@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import html
 import logging
 import math
 import platform
@@ -44,17 +43,38 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from importlib import metadata, resources
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from markupsafe import Markup
 
 from brainlatent import __version__, io
 from brainlatent.config import config_hash, load_stage_config
 from brainlatent.errors import BrainlatentError
 from brainlatent.models.families import families, model_id, parse_model_id
 from brainlatent.report import figures
+from brainlatent.report.templating import page, render
+from brainlatent.report.primitives import (  # noqa: F401 - the primitives every section uses
+    Cell,
+    H,
+    L,
+    _attr,
+    _finite,
+    auto_format,
+    esc,
+    figure,
+    format_value,
+    img,
+    lookup,
+    missing,
+    not_run,
+    num,
+    pm,
+    section,
+    table,
+)
 
 log = logging.getLogger(__name__)
 
@@ -92,154 +112,6 @@ DEFAULT_QC_LIMIT = 12
 SMALL_TEST_SET = 200
 
 
-# --------------------------------------------------------------------------------------------
-# Numbers with their source
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) and math.isfinite(float(value))
-
-
-def auto_format(value: Any) -> str:
-    """A format spec giving about four significant digits (fixed point; scientific if tiny or huge).
-
-    Values below 1e-9 in magnitude are floating-point zeros (e.g. an entropy of a perfectly
-    separated attribute) and print as ``0.000``.
-
-    Example:
-        >>> [auto_format(v) for v in (0.01234, 3.5, 1234.5, 2e-6, 4e-17)]
-        ['.5f', '.3f', '.0f', '.3e', '.3f']
-    """
-    if not _finite(value) or abs(float(value)) < 1e-9:
-        return ".3f"
-    mag = math.floor(math.log10(abs(float(value))))
-    if mag >= 6 or mag < -3:
-        return ".3e"
-    return f".{max(0, 3 - mag)}f"
-
-
-def format_value(value: Any, fmt: str) -> str:
-    """``format(value, fmt)``; ``d`` accepts integral floats (CSV columns read as float)."""
-    if fmt == "d":
-        return format(int(round(float(value))), "d")
-    return format(float(value), fmt)
-
-
-def num(value: Any, source: str, key: str, fmt: str | None = None) -> str:
-    """A number as ``<span class="num" data-source data-key data-format>``; ``n/a`` when missing/NaN."""
-    attrs = f'data-source="{_attr(source)}" data-key="{_attr(key)}"'
-    if not _finite(value):
-        return f'<span class="na" {attrs}>n/a</span>'
-    fmt = fmt or auto_format(value)
-    return f'<span class="num" {attrs} data-format="{_attr(fmt)}">{format_value(value, fmt)}</span>'
-
-
-def pm(doc: dict | None, source: str, mean_key: str, std_key: str, fmt: str | None = None) -> str:
-    """``mean ± std`` from one JSON document (both formatted like the mean)."""
-    mean, std = lookup(doc, mean_key), lookup(doc, std_key)
-    fmt = fmt or auto_format(mean)
-    return f'{num(mean, source, mean_key, fmt)} <span class="pm">±</span> {num(std, source, std_key, fmt)}'
-
-
-def lookup(doc: Any, key: str) -> Any:
-    """Value at a dot path (``best.val.heads.sex.accuracy``); ``None`` if any part is missing."""
-    node = doc
-    for part in key.split("."):
-        if isinstance(node, dict) and part in node:
-            node = node[part]
-        else:
-            return None
-    return node
-
-
-def _attr(text: str) -> str:
-    return html.escape(str(text), quote=True)
-
-
-def esc(text: Any) -> str:
-    return html.escape(str(text), quote=False)
-
-
-# --------------------------------------------------------------------------------------------
-# HTML pieces
-
-
-@dataclass
-class Cell:
-    """One table cell: ``html`` is already escaped; ``label`` cells hold names, not numbers."""
-
-    html: str
-    label: bool = False
-    colspan: int = 1
-    rowspan: int = 1
-    cls: str = ""
-
-    def render(self, tag: str = "td") -> str:
-        classes = " ".join(c for c in ("label" if self.label else "", self.cls) if c)
-        attrs = f' class="{classes}"' if classes else ""
-        if self.colspan > 1:
-            attrs += f' colspan="{self.colspan}"'
-        if self.rowspan > 1:
-            attrs += f' rowspan="{self.rowspan}"'
-        return f"<{tag}{attrs}>{self.html}</{tag}>"
-
-
-def L(text: Any, **kwargs: Any) -> Cell:  # noqa: N802 - short constructor used in every table
-    """A label cell with escaped text."""
-    return Cell(esc(text), label=True, **kwargs)
-
-
-def H(html_text: str, **kwargs: Any) -> Cell:  # noqa: N802
-    """A label cell with HTML (already escaped) content."""
-    return Cell(html_text, label=True, **kwargs)
-
-
-def missing(text: str = "—") -> Cell:
-    return Cell(esc(text), label=True, cls="missing")
-
-
-Row = Sequence[Cell | str]
-
-
-def table(
-    table_id: str, head: Sequence[Row], rows: Sequence[Row], caption: str = "", row_classes: Sequence[str] | None = None
-) -> str:
-    """A ``<table class="data" id=...>``; plain strings in rows are number cells."""
-    def cell(c: Cell | str) -> Cell:
-        return c if isinstance(c, Cell) else Cell(c)
-
-    out = [f'<div class="scroll"><table class="data" id="{_attr(table_id)}">']
-    if caption:
-        out.append(f"<caption>{caption}</caption>")
-    out.append("<thead>" + "".join("<tr>" + "".join(cell(c).render("th") for c in r) + "</tr>" for r in head) + "</thead>")
-    body = []
-    for i, r in enumerate(rows):
-        cls = row_classes[i] if row_classes and row_classes[i] else ""
-        body.append((f'<tr class="{cls}">' if cls else "<tr>") + "".join(cell(c).render() for c in r) + "</tr>")
-    out.append("<tbody>" + "".join(body) + "</tbody></table></div>")
-    return "".join(out)
-
-
-def img(data: bytes, alt: str, css: str = "", width: int | None = None) -> str:
-    """An inline ``<img>`` (base64 data URI)."""
-    style = f' style="width:{width}px"' if width else ""
-    cls = f' class="{css}"' if css else ""
-    return f'<img{cls}{style} alt="{_attr(alt)}" src="{figures.data_uri(data, figures.mime_of(data))}">'
-
-
-def figure(data: bytes, caption: str, alt: str, fig_id: str = "", css: str = "", width: int | None = None) -> str:
-    ident = f' id="{_attr(fig_id)}"' if fig_id else ""
-    return f"<figure{ident}>{img(data, alt, css, width)}<figcaption>{caption}</figcaption></figure>"
-
-
-def not_run(what: str, why: str = "") -> str:
-    return f'<p class="not-run"><strong>Not run:</strong> {esc(what)}{(" — " + esc(why)) if why else ""}</p>'
-
-
-def section(sid: str, title: str, body: str) -> str:
-    return f'<section id="{_attr(sid)}"><h2>{esc(title)}</h2>{body}</section>'
-
-
 def model_name(arch: str, z: int) -> str:
     return model_id(arch, z)
 
@@ -266,9 +138,10 @@ class StudyFiles:
         cfg: the study config (completed).
     """
 
-    def __init__(self, root: str | Path, cfg: dict) -> None:
+    def __init__(self, root: str | Path, cfg: dict, qc_limit: int = 12) -> None:
         self.root = Path(root)
         self.cfg = cfg
+        self.qc_limit = qc_limit
         self._json: dict[str, Any] = {}
         self._csv: dict[str, Any] = {}
 
@@ -367,41 +240,25 @@ def attribute_correlations(scans, attributes: list[dict]) -> tuple[list[str], np
 # Sections
 
 
-def section_intro(st: StudyFiles, generated: str) -> str:
+def intro_context(st: StudyFiles, generated: str) -> dict:
+    """What ``sections/intro.html.j2`` shows: the study, its data source and families, the questions."""
     cfg = st.cfg
-    study = cfg.get("study", st.root.name)
-    latent = ", ".join(str(z) for z in (cfg.get("gan") or {}).get("latent_sizes", [])) or "—"
-    sep_attrs = ", ".join(((cfg.get("evaluate") or {}).get("separability") or {}).get("attributes", [])) or "sex"
-    source = (cfg.get("inputs") or {}).get("source", "synthetic")
-    data_words = {
-        "synthetic": "the embedded <strong>synthetic</strong> MS cohort (simulated brains with known attributes; "
-                     "results show that the pipeline works, not facts about patients)",
-        "table": f"the scans listed in <code>{esc((cfg.get('inputs') or {}).get('table'))}</code>",
-        "bids": f"the BIDS dataset <code>{esc((cfg.get('inputs') or {}).get('bids_dir'))}</code>",
-    }.get(source, esc(source))
-    return f"""
-<p class="lead">In multiple sclerosis (MS) cohorts the clinical attributes come tangled: older patients have
-usually had the disease longer, score worse on the disability scale (EDSS) and are more often in a
-progressive phase. A generative model that could be asked for <em>"this patient's brain, but healthy"</em>
-must first keep these attributes apart inside its <strong>latent space</strong> (the numbers it turns into
-an image). This study asks whether it does.</p>
-<p>It trains an attribute classifier (VGG-16, one output per attribute) and generators on 2D brain MRI
-slices of {data_words}. StyleGAN maps its random input <strong>Z</strong> through a small
-<em>mapping network</em> to an intermediate space <strong>W</strong>; the ablation "GAN" has no mapping
-network and uses Z directly. Latent sizes: {esc(latent)}. The questions, following the reference study
-(Kriz, <em>Towards a Conditional Generative Model for Trajectory Modeling in Medical Imaging</em>):</p>
-<ul>
-<li><strong>Linear separability</strong> ({esc(sep_attrs)}): can a straight cut through the latent space tell
-the attribute apart? Lower conditional entropy H(Y|X) and higher SVM accuracy mean the attribute is
-better separated.</li>
-<li><strong>Smoothness</strong>: perceptual path length (PPL; lower = images change more evenly along a path)
-and the reference study's interpolation path profile (a straight distance curve, R² near 1, means the path
-through the latent space is perceptually linear).</li>
-<li><strong>Image quality</strong> of the generated slices, each metric beside its real-versus-real floor.</li>
-</ul>
-<p class="note">Study <code>{esc(study)}</code> · config hash <code>{esc(config_hash(cfg))}</code> ·
-report generated {esc(generated)} · folder <code>{esc(st.root)}</code></p>
-"""
+    inputs = cfg.get("inputs") or {}
+    gan = cfg.get("gan") or {}
+    sep = ((cfg.get("evaluate") or {}).get("separability") or {})
+    known = families()
+    return {
+        "study": cfg.get("study", st.root.name), "source": inputs.get("source", "synthetic"),
+        "table": inputs.get("table"), "bids_dir": inputs.get("bids_dir"),
+        "families": [(known[a].label, known[a].description) if a in known else (a, "") for a in gan.get("archs", [])],
+        "latent": ", ".join(str(z) for z in gan.get("latent_sizes", [])) or "—",
+        "sep_attrs": ", ".join([*sep.get("attributes", []), *sep.get("binarise", {})]) or "every two-level attribute",
+        "config_hash": config_hash(cfg), "generated": generated, "folder": str(st.root),
+    }
+
+
+def section_intro(st: StudyFiles, generated: str) -> str:
+    return str(render("sections/intro.html.j2", **intro_context(st, generated)))
 
 
 def _small_sample_warning(st: StudyFiles) -> str:
@@ -1215,17 +1072,56 @@ def citation_block() -> str:
 # Page
 
 
-SECTIONS: list[tuple[str, str]] = [
-    ("glance", "Results at a glance"),
-    ("dataset", "Dataset"),
-    ("classifier", "Attribute classifier"),
-    ("generators", "Generators"),
-    ("ppl", "Perceptual path length"),
-    ("path-profile", "Interpolation path profiles"),
-    ("separability", "Linear separability"),
-    ("quality", "Image quality"),
-    ("provenance", "Provenance"),
+@dataclass(frozen=True)
+class ReportSection:
+    """One section of the report.
+
+    Args:
+        sid: the HTML id (also the table of contents' anchor).
+        title: its heading.
+        build: ``build(st, generated) -> HTML`` (the common sections), or
+        template / context: a Jinja2 template under ``report/templates`` rendered with
+            ``context(st) -> dict`` (how a generator family adds its section).
+        families: the section is shown only when the study has a model of one of these families
+            (empty: always).
+    """
+
+    sid: str
+    title: str
+    build: Callable[[StudyFiles, str], str] | None = None
+    template: str | None = None
+    context: Callable[[StudyFiles], dict] | None = None
+    families: tuple[str, ...] = ()
+
+    def render(self, st: StudyFiles, generated: str) -> str:
+        if self.build is not None:
+            return self.build(st, generated)
+        return str(render(self.template, **(self.context(st) if self.context else {})))
+
+    def applies(self, st: StudyFiles) -> bool:
+        return not self.families or any(arch in self.families for arch, _ in st.models())
+
+
+SECTIONS: list[ReportSection] = [
+    ReportSection("glance", "Results at a glance", lambda st, g: section_glance(st)),
+    ReportSection("dataset", "Dataset", lambda st, g: section_dataset(st, st.qc_limit) + (citation_block() if uses_open_ms(st.cfg) else "")),
+    ReportSection("classifier", "Attribute classifier", lambda st, g: section_classifier(st)),
+    ReportSection("generators", "Generators", lambda st, g: section_generators(st)),
+    ReportSection("ppl", "Perceptual path length", lambda st, g: section_ppl(st)),
+    ReportSection("path-profile", "Interpolation path profiles", lambda st, g: section_path_profile(st)),
+    ReportSection("separability", "Linear separability", lambda st, g: section_separability(st)),
+    ReportSection("quality", "Image quality", lambda st, g: section_quality(st)),
+    ReportSection("provenance", "Provenance", section_provenance),
 ]
+
+
+def register_section(new: ReportSection, before: str = "provenance") -> ReportSection:
+    """Add a section (a family's, say) to the report, placed before section ``before``."""
+    if any(s.sid == new.sid for s in SECTIONS):
+        raise ValueError(f"report section {new.sid!r} exists already")
+    index = next((i for i, s in enumerate(SECTIONS) if s.sid == before), len(SECTIONS))
+    SECTIONS.insert(index, new)
+    return new
 
 
 def _guarded(name: str, fn: Callable[[], str]) -> str:
@@ -1247,49 +1143,17 @@ def render_report(cfg: dict, study_dir: str | Path, qc_limit: int = DEFAULT_QC_L
         now: the time stamp printed in the page (default: now, UTC).
     """
     st = StudyFiles(study_dir, cfg)
+    st.qc_limit = qc_limit
     generated = (now or _dt.datetime.now(_dt.timezone.utc)).strftime("%Y-%m-%d %H:%M UTC")
-    builders: dict[str, Callable[[], str]] = {
-        "glance": lambda: section_glance(st),
-        "dataset": lambda: section_dataset(st, qc_limit) + (citation_block() if uses_open_ms(cfg) else ""),
-        "classifier": lambda: section_classifier(st),
-        "generators": lambda: section_generators(st),
-        "ppl": lambda: section_ppl(st),
-        "path-profile": lambda: section_path_profile(st),
-        "separability": lambda: section_separability(st),
-        "quality": lambda: section_quality(st),
-        "provenance": lambda: section_provenance(st, generated),
-    }
-    body = [section(sid, title, _guarded(sid, builders[sid])) for sid, title in SECTIONS]
+    shown = [("question", "The question", lambda: section_intro(st, generated))]
+    shown += [(s.sid, s.title, (lambda s=s: s.render(st, generated))) for s in SECTIONS if s.applies(st)]
+    body = [section(sid, title, _guarded(sid, fn)) for sid, title, fn in shown]
     if uses_open_ms(cfg):
         body.append(citation_block())
-    css = resources.files("brainlatent.report").joinpath("templates", "style.css").read_text(encoding="utf-8")
     study = cfg.get("study", st.root.name)
-    toc = "".join(f'<a href="#{sid}">{esc(title)}</a>' for sid, title in SECTIONS)
-    return f"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<meta name="generator" content="brainlatent {esc(__version__)}">
-<title>brainlatent report: {esc(study)}</title>
-<style>
-{css}
-</style>
-</head>
-<body>
-<header class="top"><div class="inner">
-<h1>Does the latent space disentangle clinical attributes? — study <code>{esc(study)}</code></h1>
-<div class="meta"><span class="item">config hash {esc(config_hash(cfg))}</span><span class="item">generated {esc(generated)}</span>
-<span class="item">brainlatent {esc(__version__)}</span></div>
-</div></header>
-<nav class="toc"><div class="inner"><a href="#question">Question</a>{toc}</div></nav>
-<main>
-{section("question", "The question", section_intro(st, generated))}
-{"".join(body)}
-</main>
-</body>
-</html>
-"""
+    heading = Markup("Does the latent space disentangle clinical attributes? — study <code>{}</code>").format(study)
+    meta = [f"config hash {config_hash(cfg)}", f"generated {generated}", f"brainlatent {__version__}"]
+    return page(f"brainlatent report: {study}", heading, Markup("".join(body)), meta, [(sid, title) for sid, title, _ in shown])
 
 
 def build_report(cfg: dict, study_dir: str | Path, out: str | Path, qc_limit: int = DEFAULT_QC_LIMIT) -> Path:

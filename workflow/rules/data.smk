@@ -74,11 +74,14 @@ rule slice_dataset:
         images=preprocessed("images"),
         masks=preprocessed("masks"),
         qc=qc_pictures,
+        # per-scan QC checks (preprocess.qc), gathered here: stop, or exclude with qc.on_fail: exclude
+        summaries=lambda w: expand(f"{S}/preprocessed/summaries/{{scan}}.json", scan=scan_ids()),
     output:
         images=f"{SLICES}/images.npy",
         manifest=f"{SLICES}/manifest.parquet",
+        excluded=f"{SLICES}/excluded.tsv",
     params:
-        config=stage_config("slices", "preprocess"),
+        config=stage_config("slices", "preprocess", "qc"),
         preprocessed=lambda w, input: str(Path(input.scans).parents[1] / "preprocessed"),
         out=output_folder("manifest"),
     log:

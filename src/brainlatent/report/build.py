@@ -569,7 +569,24 @@ def section_dataset(st: StudyFiles, qc_limit: int) -> str:
                               "attribute correlation heatmap", "fig-correlation", width=460) + "</div></div>")
 
     parts.append(_qc_montage(st, qc_limit))
+    parts.append(_qc_exclusions(st, man_rel))
     return "".join(parts)
+
+
+def _qc_exclusions(st: StudyFiles, man_rel: str) -> str:
+    """The scans quality control left out (``excluded.tsv`` beside the manifest), one row each."""
+    import pandas as pd
+
+    rel = str(Path(man_rel).parent / "excluded.tsv")
+    if not st.exists(rel):
+        return f"<p>Quality control: no <code>{esc(rel)}</code> (a slice dataset built before QC exclusions existed).</p>"
+    excluded = pd.read_csv(st.path(rel), sep="\t", dtype=str, keep_default_na=False)
+    if excluded.empty:
+        return f"<p id='qc-exclusions'>Quality control: every scan passed its checks; none was excluded (<code>{esc(rel)}</code>).</p>"
+    rows = [[L(r["scan"]), L(r["subject"]), L(r["reason"])] for r in excluded.to_dict("records")]
+    return (f"<h3>Scans excluded by quality control</h3><p class='warning'>{len(excluded)} scan(s) failed a plausibility check "
+            f"and were left out of the slices (<code>qc.on_fail: exclude</code>; <code>{esc(rel)}</code>).</p>"
+            + table("table-qc-excluded", [[L("scan"), L("subject"), L("reason")]], rows, "Scans excluded by quality control"))
 
 
 def _qc_montage(st: StudyFiles, qc_limit: int) -> str:

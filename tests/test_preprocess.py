@@ -599,3 +599,30 @@ def test_every_scan_passing_qc_writes_an_empty_exclusion_list(tmp_path):
     study, table, cfg = _qc_study(tmp_path, bad=None)
     assert _slice(study, table, cfg, "stop") == 0
     assert pd.read_csv(study / "slices" / "32" / "excluded.tsv", sep="\t").empty
+
+
+def _has_deepbet() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("deepbet") is not None
+
+
+@pytest.mark.skipif(_has_deepbet(), reason="deepbet is installed (the missing-package error cannot be shown)")
+def test_deepbet_source_without_the_package_is_a_clear_error(tmp_path):
+    aff, shape = grid_affine([4.0, 4.0, 4.0], "RAS")
+    image = write(tmp_path / "in.nii.gz", sample(aff, shape), aff)
+    with pytest.raises(BrainlatentError, match="pip install deepbet"):
+        run_scan(tmp_path, image, config(mask={"source": "deepbet"}))
+    assert not (tmp_path / "out.nii.gz").exists()
+
+
+@pytest.mark.skipif(not (_has_deepbet() and REAL_SCANS), reason="deepbet or the open_ms_sample data not available")
+def test_deepbet_source_on_a_real_t1w_agrees_with_the_classical_mask(tmp_path):
+    path = next(p for p in REAL_SCANS if p.name == "study1_T1W.nii.gz")
+    _, classical, _ = run_scan(tmp_path, path, config(**REAL_CFG), tag="classical")
+    _, learned, summary = run_scan(tmp_path, path, config(**REAL_CFG, mask={"source": "deepbet"}), tag="deepbet")
+    assert summary["mask_method"] == "deepbet" and summary["qc"]["passed"], summary["qc"]["failures"]
+    from nibabel.processing import resample_from_to
+
+    ref = np.asarray(resample_from_to(classical, learned, order=0).dataobj) > 0
+    assert _dice(np.asarray(learned.dataobj) > 0, ref) > 0.9

@@ -639,6 +639,32 @@ def nonzero_region(
     return (region if ok or force else None), info
 
 
+def deepbet_mask(img: Any, data: np.ndarray, grid_affine: np.ndarray, grid_shape: tuple[int, int, int]) -> np.ndarray:
+    """Brain mask by deepbet (a learned skull stripper, optional dependency) on the output grid.
+
+    deepbet (Fisch et al., Comput. Biol. Med. 2024; ``pip install deepbet``, MIT) ships its two
+    TorchScript networks inside its wheel, so it runs offline; it was trained on T1-weighted scans of
+    healthy adults. It runs on the input in its own space (on the CPU, one thread unless torch is
+    told otherwise); the mask is resampled (nearest neighbour) onto the output grid.
+
+    Raises:
+        BrainlatentError: deepbet is not installed.
+    """
+    import nibabel as nib
+
+    try:
+        from deepbet import BrainExtraction
+    except ImportError as exc:
+        raise BrainlatentError(
+            f"preprocess.mask.source is 'deepbet' but deepbet cannot be imported ({exc}); install it with "
+            "'pip install deepbet' (it needs torch; its weights ship in the wheel), or use mask.source auto"
+        ) from None
+    bet = BrainExtraction(no_gpu=True)
+    _, mask, _ = bet.run(nib.Nifti1Image(np.asarray(data, dtype=np.float32), img.affine))
+    mask_data = np.asarray(mask.dataobj) > 0
+    return resample_to_grid(mask_data.astype(np.uint8), mask.affine.astype(float), grid_affine, grid_shape, order=0) > 0
+
+
 def cut_inferior(mask: np.ndarray, spacing: np.ndarray) -> tuple[np.ndarray, dict]:
     """Cut a brain mask below the cerebellum, at a level derived from the mask's own anatomy.
 
@@ -951,6 +977,10 @@ def preprocess_scan(
     else:
         if region is not None:
             brain, mask_kind = head.copy(), "nonzero"
+        elif source == "deepbet":
+            brain, mask_kind = deepbet_mask(img, data, grid_affine, grid_shape), "deepbet"
+            if not brain.any():
+                raise BrainlatentError(f"{image_path}: deepbet found no brain")
         else:
             field_of_view = field_of_view_mask(in_affine, data.shape, grid_affine, grid_shape)
             brain, mask_kind = auto_brain_mask(image, spacing, head, field_of_view), "classical"

@@ -12,10 +12,14 @@ One job per scan (:func:`preprocess_scan`, CLI ``brainlatent preprocess``):
    included) through :func:`scipy.ndimage.affine_transform`: trilinear for images (with a Gaussian
    anti-aliasing pre-filter along axes that are down-sampled), nearest neighbour for masks.
 3. **Brain mask**: the scans table's mask (``mask.source: table``, nearest-neighbour resampled) or an
-   automatic one (:func:`auto_brain_mask`, see its limits below), computed inside an Otsu head mask
+   automatic one. ``auto``: a brain-extracted input (:func:`nonzero_region`: exact-zero background
+   around one brain-sized region) uses its non-zero region (holes filled); any other input the
+   classical mask (:func:`auto_brain_mask`, see its limits below), computed inside an Otsu head mask
    (:func:`head_mask`) on the uncorrected image (its thresholds are relative to the head's own
    intensity mode, so a smooth bias of a few tens of percent does not move it; on the 12 real scans
-   it agrees with a mask computed after N4 at Dice >= 0.98).
+   it agrees with a mask computed after N4 at Dice >= 0.98). ``classical``/``nonzero`` force one of
+   the two, ``deepbet`` runs the optional learned skull stripper (:func:`deepbet_mask`). Automatic
+   masks are cut below the cerebellum (:func:`cut_inferior`, ``mask.cut_inferior``).
 4. **Crop/pad** to ``preprocess.field_of_view_mm``, a box centred on the mask's centre of mass
    (the summary reports which share of the mask the box keeps).
 5. **N4 bias-field correction** (SimpleITK ``N4BiasFieldCorrectionImageFilter``) fitted inside the
@@ -24,9 +28,12 @@ One job per scan (:func:`preprocess_scan`, CLI ``brainlatent preprocess``):
    linearly to the full-resolution box and divided out.
 6. **Normalisation** inside the mask: ``percentile`` (clip to the in-mask ``[lower, upper]``
    percentiles and scale to [0, 1]) or ``zscore`` (in-mask mean 0, std 1). Outside the mask = 0.
-7. **Write** the float32 image and the uint8 mask (RAS affine, configured spacing) atomically, a QC
-   picture (:mod:`brainlatent.qc`: the bias-corrected head with the mask outline) and, from the
-   CLI, a JSON summary.
+7. **QC checks** (:mod:`brainlatent.qc`, limits in ``preprocess.qc``): mask volume, connected
+   components, contact with the field of view's edge, normalised intensities; recorded in the
+   summary (``qc``), a WARNING per failed check; the slice stage stops or excludes failing scans.
+8. **Write** the float32 image and the uint8 mask (RAS affine, configured spacing) atomically, a QC
+   picture (:mod:`brainlatent.qc`: the bias-corrected head with the mask outline and the QC
+   verdict) and, from the CLI, a JSON summary.
 
 Automatic brain mask (classical thresholds and morphology, not a deep-learning skull stripper).
 The barrier between brain and scalp is the dark ring of CSF and skull, found as a *relative* valley

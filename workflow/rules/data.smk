@@ -93,5 +93,6 @@ rule slice_dataset:
     conda:
         ENV
     shell:
+        # QC failures and exclusions (WARNING/error lines) are shown on the console too, not only in the log
         "brainlatent slice --config {params.config} --scans {input.scans} --preprocessed {params.preprocessed}"
-        " --out {params.out} 2> {log}"
+        " --out {params.out} 2> {log} || rc=$?; grep -E -A1000 'WARNING|error' {log} >&2 || true; exit ${{rc:-0}}"

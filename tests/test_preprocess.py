@@ -593,6 +593,8 @@ def test_a_scan_failing_qc_stops_the_study_or_is_excluded_and_reported(tmp_path,
     assert cli.main(["report", "--config", json.dumps(report_cfg), "--study-dir", str(study), "--out", str(out)]) == 0
     html_text = out.read_text()
     assert "table-qc-excluded" in html_text and "sub-2_ses-1" in html_text.split("table-qc-excluded")[1]
+    qc_table = html_text.split('id="table-qc"')[1].split("</table>")[0]
+    assert "failed: brain_volume: mask volume" in qc_table and qc_table.count(">ok<") == 2
 
 
 def test_every_scan_passing_qc_writes_an_empty_exclusion_list(tmp_path):

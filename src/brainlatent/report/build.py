@@ -609,7 +609,9 @@ def _qc_montage(st: StudyFiles, qc_limit: int) -> str:
                          num(lookup(summ, "brain_volume_ml"), summ_rel, "brain_volume_ml", ".1f"),
                          num(lookup(summ, "head_volume_ml"), summ_rel, "head_volume_ml", ".1f"),
                          num(lookup(summ, "mask_fraction_in_fov"), summ_rel, "mask_fraction_in_fov", ".3f"),
-                         L(lookup(summ, "mask_source") or "?")])
+                         L(lookup(summ, "mask_method") or lookup(summ, "mask_source") or "?"),
+                         L("—" if lookup(summ, "qc.passed") is None else "ok" if lookup(summ, "qc.passed")
+                           else "failed: " + "; ".join(lookup(summ, "qc.failures") or []))])
     out = ["<h3>Preprocessing quality control</h3>",
            f"<p>The first {len(shown)} of {len(pngs)} scans after reorientation, resampling, bias correction and "
            "normalisation, with the brain mask's outline (red). Check that the outline follows the brain and that "
@@ -617,7 +619,7 @@ def _qc_montage(st: StudyFiles, qc_limit: int) -> str:
            '<div class="grid three" id="qc-montage">' + "".join(tiles) + "</div>"]
     if rows:
         out.append(table("table-qc", [[L("scan"), L("input orientation"), L("input spacing (mm)"), L("brain volume (ml)"),
-                                        L("head volume (ml)"), L("mask inside box"), L("mask source")]], rows,
+                                        L("head volume (ml)"), L("mask inside box"), L("mask"), L("QC checks")]], rows,
                          "Preprocessing summaries of the scans shown"))
     return "".join(out)
 

@@ -2,13 +2,17 @@
 
 Usage::
 
-    python benchmarks/bench_preprocess.py [NIFTI ...] [--n 4] [--config config/config.yaml] [--threads 1]
+    python benchmarks/bench_preprocess.py [NIFTI ...] [--n 6] [--real] [--config config/config.yaml] [--threads 1]
 
 Without files it generates ``--n`` synthetic FLAIR-like heads (nilearn's 2 mm MNI152 grey/white
 matter maps plus CSF, skull and scalp shells, a smooth multiplicative bias and Rician-like noise)
 at voxel sizes like the demo cohort's sites (2 mm iso, 1 mm iso, 1 x 1 x 3 mm, 0.9 x 0.9 x 4 mm
-oblique), and prints one row per scan: input shape/spacing, wall seconds, peak RSS (MB), brain
-volume (ml).
+oblique) and two on the 1 mm 182 x 218 x 182 MNI grid (raw, and brain-extracted: the head times
+its brain); ``--real`` adds the open_ms_sample scans (Lesjak et al., Neuroinformatics 2016; thick
+clinical FLAIR/T1w/T2w). Prints one row per scan: input shape/spacing, wall and CPU seconds, peak
+RSS (MB), brain volume (ml), the mask method, and per group (1 mm / thick, synthetic / real) the
+median seconds and the largest peak RSS. CPU seconds are the one-core cost (wall seconds grow with
+whatever else runs on the machine).
 """
 
 from __future__ import annotations
@@ -24,21 +28,27 @@ from pathlib import Path
 
 import numpy as np
 
+REAL_DIR = Path("/work/shared/data/open_ms_sample/raw")
+#: (name, voxel size, tilt, fixed output shape or None, brain-extracted)
 SITES = [
-    ("iso2", (2.0, 2.0, 2.0), 0.0),
-    ("iso1", (1.0, 1.0, 1.0), 0.0),
-    ("thick3", (1.0, 1.0, 3.0), 0.0),
-    ("thick4-oblique", (0.9, 0.9, 4.0), 8.0),
+    ("iso2", (2.0, 2.0, 2.0), 0.0, None, False),
+    ("iso1", (1.0, 1.0, 1.0), 0.0, None, False),
+    ("thick3", (1.0, 1.0, 3.0), 0.0, None, False),
+    ("thick4-oblique", (0.9, 0.9, 4.0), 8.0, None, False),
+    ("mni1", (1.0, 1.0, 1.0), 0.0, (182, 218, 182), False),
+    ("mni1-extracted", (1.0, 1.0, 1.0), 0.0, (182, 218, 182), True),
 ]
 
 
-def synthetic_head(spacing: tuple[float, float, float], tilt_deg: float = 0.0, seed: int = 0):
+def synthetic_head(spacing: tuple[float, float, float], tilt_deg: float = 0.0, seed: int = 0, shape=None, extracted: bool = False):
     """A FLAIR-like head (nibabel image) built from the 2 mm MNI152 tissue maps.
 
     Args:
         spacing: voxel size of the written image (mm).
         tilt_deg: rotation about the left-right axis (an oblique acquisition).
         seed: noise and bias seed.
+        shape: output grid shape (centred on the head); default: the head's whole extent.
+        extracted: zero everything outside the brain (+ CSF), as a brain-extracted scan.
     """
     import nibabel as nib
     from nilearn import datasets
@@ -65,6 +75,8 @@ def synthetic_head(spacing: tuple[float, float, float], tilt_deg: float = 0.0, s
     image[(outside > 0) & (depth_out > 2)] = 0.05  # skull
     image[(depth_out > 8) & (depth_out <= 13)] = 0.9  # scalp
     image[depth_out > 13] = 0.0  # air
+    if extracted:
+        image[~ndimage.binary_dilation(envelope, iterations=1)] = 0.0
     grid = np.indices(image.shape, dtype=np.float32) / np.array(image.shape, dtype=np.float32)[:, None, None, None]
     bias = np.exp(0.25 * np.sin(2.5 * grid[0] + rng.uniform(0, 3)) + 0.2 * (grid[2] - 0.5))
     image = image * bias
@@ -74,13 +86,16 @@ def synthetic_head(spacing: tuple[float, float, float], tilt_deg: float = 0.0, s
     rot = np.array([[1, 0, 0], [0, c, -s], [0, s, c]])
     ext = (np.array(image.shape) - 1) * sp
     centre = affine[:3, :3] @ ((np.array(image.shape) - 1) / 2.0) + affine[:3, 3]
-    out_shape = tuple(int(v) for v in np.ceil(ext / np.asarray(spacing)).astype(int) + 1)
+    out_shape = tuple(int(v) for v in np.ceil(ext / np.asarray(spacing)).astype(int) + 1) if shape is None else tuple(shape)
     out_aff = np.eye(4)
     out_aff[:3, :3] = rot @ np.diag(spacing)
     out_aff[:3, 3] = centre - out_aff[:3, :3] @ ((np.array(out_shape) - 1) / 2.0)
     out = resample_to_grid(image, affine, out_aff, out_shape, order=1)
     noise = 0.03 * float(out.max())
+    inside = out > 0
     out = np.sqrt((out + rng.normal(0, noise, out.shape)) ** 2 + rng.normal(0, noise, out.shape) ** 2)
+    if extracted:
+        out[~inside] = 0.0
     scaled = np.clip(out / out.max() * 3000, 0, 65535).astype(np.uint16)
     img = nib.Nifti1Image(scaled, out_aff)
     img.set_qform(out_aff, code=1)
@@ -120,13 +135,18 @@ def run_one(image: Path, name: str, out_dir: Path, config: str, threads: int) ->
         "cpu_s": usage.ru_utime + usage.ru_stime,
         "rss_mb": usage.ru_maxrss / 1024.0,
         "brain_ml": info["brain_volume_ml"],
+        "method": info.get("mask_method", info.get("mask_source", "?")),
+        "qc": "ok" if (info.get("qc") or {}).get("passed", True) else "FAIL",
+        "group": ("1 mm" if max(info["input"]["spacing_mm"]) <= 1.3 else "thick" if max(info["input"]["spacing_mm"]) >= 2.5 else "other")
+        + (" real" if str(image).startswith(str(REAL_DIR)) else " synthetic"),
     }
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("images", nargs="*", help="NIfTI files (default: generated synthetic heads)")
-    parser.add_argument("--n", type=int, default=4, help="synthetic heads to generate when no files are given")
+    parser.add_argument("--n", type=int, default=len(SITES), help="synthetic heads to generate (one per site in turn; 0 for none)")
+    parser.add_argument("--real", action="store_true", help=f"add the open_ms_sample scans ({REAL_DIR})")
     parser.add_argument("--config", default="config/config.yaml", help="study config (its preprocess section is used)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--keep", default=None, help="keep outputs in this folder")
@@ -136,8 +156,9 @@ def main(argv: list[str] | None = None) -> None:
         import nibabel as nib
 
         for i in range(args.n):
-            site, spacing, tilt = SITES[i % len(SITES)]
-            nib.save(synthetic_head(spacing, tilt, seed=i), str(Path(args.generate_into) / f"synth{i:02d}_{site}.nii.gz"))
+            site, spacing, tilt, shape, extracted = SITES[i % len(SITES)]
+            img = synthetic_head(spacing, tilt, seed=i, shape=shape, extracted=extracted)
+            nib.save(img, str(Path(args.generate_into) / f"synth{i:02d}_{site}.nii.gz"))
         return
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -145,13 +166,16 @@ def main(argv: list[str] | None = None) -> None:
         out_dir = Path(args.keep) if args.keep else tmp_dir / "out"
         out_dir.mkdir(parents=True, exist_ok=True)
         images = [Path(p) for p in args.images]
-        if not images:
+        if not images and args.n > 0:
             # generated in a child process: a child's peak RSS starts from its parent's at fork
             subprocess.run([sys.executable, __file__, "--generate-into", str(tmp_dir), "--n", str(args.n)], check=True)
             images = sorted(tmp_dir.glob("synth*.nii.gz"))
+        if args.real:
+            images += sorted(REAL_DIR.glob("patient*/study*.nii.gz"))
         rows = [run_one(p, name, out_dir, args.config, args.threads) for p, name in zip(images, scan_names(images))]
 
-    header = f"{'scan':<30} {'input shape':>13} {'spacing mm':>14} {'orient':>6} {'wall s':>7} {'cpu s':>6} {'RSS MB':>7} {'brain ml':>8}"
+    header = (f"{'scan':<30} {'input shape':>13} {'spacing mm':>14} {'orient':>6} {'wall s':>7} {'cpu s':>6} {'RSS MB':>7} {'brain ml':>8}"
+              f" {'mask':>9} {'QC':>4}")
     print(header)
     print("-" * len(header))
     for r in rows:
@@ -160,10 +184,15 @@ def main(argv: list[str] | None = None) -> None:
             continue
         print(
             f"{r['scan']:<30} {r['shape']:>13} {r['spacing']:>14} {r['orient']:>6} {r['wall_s']:7.2f} {r['cpu_s']:6.2f} {r['rss_mb']:7.0f} {r['brain_ml']:8.0f}"
+            f" {r['method']:>9} {r['qc']:>4}"
         )
     ok = [r for r in rows if "error" not in r]
     if ok:
         print(f"mean wall {np.mean([r['wall_s'] for r in ok]):.2f} s, max RSS {max(r['rss_mb'] for r in ok):.0f} MB over {len(ok)} scans")
+        for group in sorted({r["group"] for r in ok}):
+            g = [r for r in ok if r["group"] == group]
+            print(f"{group:<16} {len(g):3d} scans: median {np.median([r['wall_s'] for r in g]):.2f} s wall, "
+                  f"{np.median([r['cpu_s'] for r in g]):.2f} s CPU per scan, peak RSS {max(r['rss_mb'] for r in g):.0f} MB")
 
 
 if __name__ == "__main__":

@@ -434,3 +434,206 @@ def test_real_flair_scan(tmp_path):
     centre = np.array([np.mean(ix) for ix in np.nonzero(m)])
     assert m[tuple(np.round(centre).astype(int))]
     assert np.all(np.abs(centre - (np.array(m.shape) - 1) / 2) <= 1.0)
+
+
+# --------------------------------------------------------------------------------------------
+# every real scan, a brain-extracted version of one, the inferior cut, loud QC
+
+REAL_SCANS = sorted(REAL_DIR.glob("patient*/study*.nii.gz")) if REAL_DIR.is_dir() else []
+REAL_CFG = {"spacing_mm": [1.5, 1.5, 1.5], "bias_correction": {"shrink_factor": 6, "iterations": [50, 40, 30]}}
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return float(2 * (a & b).sum() / max(1, a.sum() + b.sum()))
+
+
+@pytest.mark.skipif(not REAL_SCANS, reason="open_ms_sample data not available")
+@pytest.mark.parametrize("path", REAL_SCANS, ids=lambda p: f"{p.parent.name}-{p.name.split('.')[0]}")
+def test_every_real_scan_gets_a_plausible_mask_and_passes_qc(tmp_path, path):
+    """FLAIR, T1w and T2w of the open_ms_sample scans (Lesjak et al., Neuroinformatics 2016):
+    raw (skull, scalp, neck, scanner-zeroed air) so the classical mask is used, cut below the
+    cerebellum, within the plausible volume range and passing every QC check."""
+    cfg = config(**REAL_CFG)
+    img, mask, summary = run_scan(tmp_path, path, cfg)
+    assert summary["mask_method"] == "classical"  # the zeroed air does not make it "brain-extracted"
+    lo, hi = cfg["preprocess"]["qc"]["brain_volume_ml"]
+    assert lo <= summary["brain_volume_ml"] <= hi
+    assert summary["brain_volume_ml"] < 0.75 * summary["head_volume_ml"]
+    assert summary["qc"]["passed"], summary["qc"]["failures"]
+    assert summary["qc"]["measures"]["components"] == 1
+
+
+@pytest.mark.skipif(not REAL_SCANS, reason="open_ms_sample data not available")
+def test_brain_extracted_real_scan_uses_its_nonzero_region(tmp_path):
+    """A brain-extracted version of a real T1w (the raw image x its own computed mask, in the raw
+    scan's space and dtype) gets the non-zero region as its mask: Dice >= 0.97 with the known brain
+    region. The classical mask on the same input loses a rim (it looks for scalp and skull)."""
+    from nibabel.processing import resample_from_to
+
+    from brainlatent.preprocess import resample_to_grid
+
+    path = next(p for p in REAL_SCANS if p.name == "study1_T1W.nii.gz")
+    cfg = config(**REAL_CFG)
+    _, raw_mask, raw = run_scan(tmp_path, path, cfg, tag="raw")
+    src = nib.load(str(path))
+    brain_in = resample_to_grid(np.asarray(raw_mask.dataobj), raw_mask.affine, src.affine, src.shape[:3], order=0) > 0
+    extracted = np.where(brain_in, np.asarray(src.dataobj), 0).astype(np.uint16)
+    be_path = write(tmp_path / "extracted.nii.gz", extracted, src.affine, dtype=np.uint16)
+    truth_img = nib.Nifti1Image(brain_in.astype(np.uint8), src.affine)
+
+    _, mask, summary = run_scan(tmp_path, be_path, cfg, tag="be")
+    assert summary["mask_method"] == "nonzero"
+    truth = np.asarray(resample_from_to(truth_img, mask, order=0).dataobj) > 0
+    got = np.asarray(mask.dataobj) > 0
+    assert _dice(got, truth) >= 0.97, _dice(got, truth)
+    lo, hi = cfg["preprocess"]["qc"]["brain_volume_ml"]
+    assert lo <= summary["brain_volume_ml"] <= hi
+    assert summary["qc"]["passed"], summary["qc"]["failures"]
+
+    _, classical_mask, classical = run_scan(tmp_path, be_path, config(**REAL_CFG, mask={"source": "classical"}), tag="classical")
+    assert classical["mask_method"] == "classical"
+    assert _dice(np.asarray(classical_mask.dataobj) > 0, np.asarray(resample_from_to(truth_img, classical_mask, order=0).dataobj) > 0) < _dice(got, truth)
+
+
+@pytest.mark.skipif(not REAL_SCANS, reason="open_ms_sample data not available")
+def test_inferior_cut_removes_a_brainstem_and_neck_that_run_to_the_scan_edge(tmp_path):
+    """A real FLAIR's mask with a brainstem (3 x 2.5 cm) and then a neck (8 x 6 cm) added below it,
+    down to the grid's edge, as a raw scan reaching the neck gives: the cut removes them again, so
+    the mask's inferior end (and the slice band) is where it was without them."""
+    from brainlatent.preprocess import cut_inferior
+
+    path = _smallest_real_flair()
+    _, mask_img, _ = run_scan(tmp_path, path, config(**REAL_CFG))
+    mask = np.asarray(mask_img.dataobj) > 0
+    sp = np.array([1.5, 1.5, 1.5])
+    bottom = int(np.flatnonzero(mask.any(axis=(0, 1)))[0])
+    grown = np.pad(mask, ((0, 0), (0, 0), (80, 0)))  # 120 mm more below
+    cx, cy = (int(round(np.mean(ix))) for ix in np.nonzero(mask[:, :, bottom + 8]))
+    zb = bottom + 80
+    grown[cx - 10 : cx + 10, cy - 8 : cy + 8, zb - 30 : zb + 10] = True  # brainstem, 45 mm
+    grown[cx - 27 : cx + 27, cy - 20 : cy + 20, : zb - 30] = True  # neck, to the edge
+    again, info = cut_inferior(grown, sp)
+    assert info["by"] == "area" and info["removed_ml"] > 100  # the area drops to the brainstem's below the cerebellum
+    kept = again[:, :, 80:]
+    assert np.abs(int(np.flatnonzero(kept.any(axis=(0, 1)))[0]) - bottom) <= 8  # within 12 mm of the real mask's end
+    assert not again[:, :, :80].any()
+    assert _dice(kept, mask) > 0.98
+    # a neck leak straight below the cerebellum never drops in area: the length rule cuts it
+    leak = np.pad(mask, ((0, 0), (0, 0), (80, 0)))
+    leak[cx - 27 : cx + 27, cy - 20 : cy + 20, : zb + 4] = True
+    again, info = cut_inferior(leak, sp)
+    assert info["by"] == "length" and info["removed_ml"] > 200
+    kept = again[:, :, 80:]
+    assert np.abs(int(np.flatnonzero(kept.any(axis=(0, 1)))[0]) - bottom) <= 12  # within 18 mm
+    assert not again[:, :, :70].any()
+    assert _dice(kept, mask) > 0.97
+    # a mask that already ends at the cerebellum is left (nearly) as it is
+    same, info = cut_inferior(mask, sp)
+    assert (mask.sum() - same.sum()) * 1.5**3 / 1000 < 5.0
+
+
+def _qc_study(tmp_path: Path, bad: str | None) -> tuple[Path, Path, dict]:
+    """Three phantom scans preprocessed with table masks; ``bad`` gets a 30 ml mask (a broken one)."""
+    import pandas as pd
+
+    aff, shape = grid_affine([3.0, 3.0, 3.0], "RAS")
+    idx = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), axis=-1) @ aff[:3, :3].T + aff[:3, 3]
+    d = (np.sqrt(((idx / BRAIN_AXES) ** 2).sum(-1)) - 1.0) * BRAIN_AXES.mean()
+    study = tmp_path / "study"
+    pre = study / "preprocessed"
+    cfg = config(mask={"source": "table"})
+    rows = []
+    for i, scan in enumerate(["sub-1_ses-1", "sub-2_ses-1", "sub-3_ses-1"]):
+        image = write(tmp_path / f"{scan}.nii.gz", sample(aff, shape, seed=i), aff)
+        brain = d < CSF_MM if scan != bad else np.linalg.norm(idx - MARKER, axis=-1) < 19.0  # ~29 ml
+        mask = write(tmp_path / f"{scan}_mask.nii.gz", brain, aff, dtype=np.uint8)
+        out = {k: pre / k / f"{scan}{ext}" for k, ext in (("images", ".nii.gz"), ("masks", ".nii.gz"), ("summaries", ".json"))}
+        for p in out.values():
+            p.parent.mkdir(parents=True, exist_ok=True)
+        rc = cli.main(["preprocess", "--config", json.dumps(cfg), "--image", str(image), "--mask", str(mask),
+                       "--out-image", str(out["images"]), "--out-mask", str(out["masks"]), "--qc", str(study / "qc" / f"{scan}.png"),
+                       "--summary", str(out["summaries"])])  # fmt: skip
+        assert rc == 0
+        rows.append({"scan": scan, "subject": scan.split("_")[0], "session": "ses-1", "image": str(image), "mask": str(mask),
+                     "age": 30 + i, "edss": 1.0, "ms_type": "RRMS", "sex": "F" if i % 2 else "M"})
+    pd.DataFrame(rows).to_csv(study / "scans.tsv", sep="\t", index=False)
+    return study, study / "scans.tsv", cfg
+
+
+def _slice(study: Path, table: Path, cfg: dict, on_fail: str) -> int:
+    cfg = dict(cfg, qc={"on_fail": on_fail}, slices={**cfg["slices"], "resolution": 32, "per_scan": 3, "split": {"train": 0.34, "val": 0.33, "test": 0.33, "stratify": []}})
+    return cli.main(["slice", "--config", json.dumps(cfg), "--scans", str(table), "--preprocessed", str(study / "preprocessed"),
+                     "--out", str(study / "slices" / "32")])  # fmt: skip
+
+
+def test_a_scan_failing_qc_stops_the_study_or_is_excluded_and_reported(tmp_path, capsys, caplog):
+    import pandas as pd
+
+    from brainlatent.slices import load_slices
+
+    study, table, cfg = _qc_study(tmp_path, bad="sub-2_ses-1")
+    summary = json.loads((study / "preprocessed" / "summaries" / "sub-2_ses-1.json").read_text())
+    assert not summary["qc"]["passed"] and summary["qc"]["checks"]["brain_volume"]["ok"] is False
+    assert json.loads((study / "preprocessed" / "summaries" / "sub-1_ses-1.json").read_text())["qc"]["passed"]
+    # the preprocess job says so too (log records: the CLI's stderr handler belongs to whichever test ran it first)
+    assert any(r.levelname == "WARNING" and "sub-2_ses-1: QC failed: brain_volume" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+
+    # default qc.on_fail: stop -> exit 2, the scan and its reason named, no dataset written
+    assert _slice(study, table, cfg, "stop") == 2
+    err = capsys.readouterr().err
+    assert "1 of 3 scans failed quality control" in err and "sub-2_ses-1: brain_volume: mask volume" in err and "outside the plausible 800-2300 ml" in err
+    assert "sub-1_ses-1" not in err.split("quality control")[1]
+    assert not (study / "slices" / "32").exists()
+
+    # qc.on_fail: exclude -> completes without the scan, lists it on the console, in excluded.tsv and in the report
+    assert _slice(study, table, cfg, "exclude") == 0
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any(w.startswith("sub-2_ses-1 (subject sub-2) excluded: brain_volume") for w in warnings), warnings
+    assert "subject sub-2: all its scans were excluded; the subject is not in the dataset" in warnings
+    _, manifest = load_slices(study / "slices" / "32")
+    assert set(manifest["scan"]) == {"sub-1_ses-1", "sub-3_ses-1"}
+    excluded = pd.read_csv(study / "slices" / "32" / "excluded.tsv", sep="\t")
+    assert excluded["scan"].tolist() == ["sub-2_ses-1"] and excluded["reason"].str.startswith("brain_volume: mask volume").all()
+    report_cfg = dict(cfg, study="study", results_dir=str(tmp_path), qc={"on_fail": "exclude"}, slices={**cfg["slices"], "resolution": 32})
+    out = study / "report" / "index.html"
+    assert cli.main(["report", "--config", json.dumps(report_cfg), "--study-dir", str(study), "--out", str(out)]) == 0
+    html_text = out.read_text()
+    assert "table-qc-excluded" in html_text and "sub-2_ses-1" in html_text.split("table-qc-excluded")[1]
+    qc_table = html_text.split('id="table-qc"')[1].split("</table>")[0]
+    assert "failed: brain_volume: mask volume" in qc_table and qc_table.count(">ok<") == 2
+
+
+def test_every_scan_passing_qc_writes_an_empty_exclusion_list(tmp_path):
+    import pandas as pd
+
+    study, table, cfg = _qc_study(tmp_path, bad=None)
+    assert _slice(study, table, cfg, "stop") == 0
+    assert pd.read_csv(study / "slices" / "32" / "excluded.tsv", sep="\t").empty
+
+
+def _has_deepbet() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("deepbet") is not None
+
+
+@pytest.mark.skipif(_has_deepbet(), reason="deepbet is installed (the missing-package error cannot be shown)")
+def test_deepbet_source_without_the_package_is_a_clear_error(tmp_path):
+    aff, shape = grid_affine([4.0, 4.0, 4.0], "RAS")
+    image = write(tmp_path / "in.nii.gz", sample(aff, shape), aff)
+    with pytest.raises(BrainlatentError, match="pip install deepbet"):
+        run_scan(tmp_path, image, config(mask={"source": "deepbet"}))
+    assert not (tmp_path / "out.nii.gz").exists()
+
+
+@pytest.mark.skipif(not (_has_deepbet() and REAL_SCANS), reason="deepbet or the open_ms_sample data not available")
+def test_deepbet_source_on_a_real_t1w_agrees_with_the_classical_mask(tmp_path):
+    path = next(p for p in REAL_SCANS if p.name == "study1_T1W.nii.gz")
+    _, classical, _ = run_scan(tmp_path, path, config(**REAL_CFG), tag="classical")
+    _, learned, summary = run_scan(tmp_path, path, config(**REAL_CFG, mask={"source": "deepbet"}), tag="deepbet")
+    assert summary["mask_method"] == "deepbet" and summary["qc"]["passed"], summary["qc"]["failures"]
+    from nibabel.processing import resample_from_to
+
+    ref = np.asarray(resample_from_to(classical, learned, order=0).dataobj) > 0
+    assert _dice(np.asarray(learned.dataobj) > 0, ref) > 0.9

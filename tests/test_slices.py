@@ -11,7 +11,7 @@ import pytest
 
 from brainlatent.cli import main
 from brainlatent.config import load_config
-from brainlatent.slices import SliceDataset, build_slice_dataset, choose_slices, load_slices, subject_split, to_display
+from brainlatent.slices import SliceDataset, choose_slices, load_slices, subject_split, to_display
 
 
 def test_choose_slices_band_and_brain_fraction():

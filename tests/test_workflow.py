@@ -312,3 +312,36 @@ def test_a_failed_job_shows_its_one_line_error_on_the_console(tmp_path):
     assert "brainlatent validate-inputs: error:" in out and "missing.nii.gz" in out
     log = (tmp_path / "results" / "odd_names" / "logs" / "validate_inputs.log").read_text().strip().splitlines()
     assert log[-1].startswith("brainlatent validate-inputs: error:") or "missing.nii.gz" in log[-1]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (REPO.parent / "shared" / "data" / "open_ms_sample").is_dir(), reason="open_ms_sample data not available")
+def test_qc_failure_stops_the_workflow_or_is_excluded(tmp_path):
+    """The open_ms_sample study (real FLAIR, Lesjak et al., Neuroinformatics 2016) with a plausible
+    volume range its first patient's masks (about 1300 ml) fall below: Snakemake stops at
+    slice_dataset naming both scans and the reason on the console; with qc.on_fail: exclude it
+    completes, says so on the console and lists them in excluded.tsv."""
+    cfg_path, cfg = study_config(tmp_path, "config/studies/open_ms_sample.yaml")
+    cfg["inputs"]["table"] = str(REPO / cfg["inputs"]["table"])
+    cfg["preprocess"]["qc"] = {"brain_volume_ml": [1400, 2300]}
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    study = Path(cfg["results_dir"]) / cfg["study"]
+    target = str(study / "slices" / "64" / "manifest.parquet")
+    result = snakemake(target, "--cores", "2", "--configfile", str(cfg_path))
+    log = result.stdout + result.stderr
+    assert result.returncode != 0, log[-3000:]
+    assert "2 of 4 scans failed quality control" in log
+    for scan in ("patient01_study1", "patient01_study2"):
+        assert f"{scan}: brain_volume: mask volume" in log, log[-3000:]
+    assert not Path(target).exists()
+
+    cfg["qc"] = {"on_fail": "exclude"}
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    result = snakemake(target, "--cores", "2", "--configfile", str(cfg_path))
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-3000:]
+    assert "WARNING: patient01_study1 (subject patient01) excluded: brain_volume" in log
+    assert "subject patient01: all its scans were excluded" in log
+    excluded = pd.read_csv(study / "slices" / "64" / "excluded.tsv", sep="\t")
+    assert sorted(excluded["scan"]) == ["patient01_study1", "patient01_study2"]
+    assert set(pd.read_parquet(target)["subject"]) == {"patient12"}

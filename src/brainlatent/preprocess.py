@@ -12,21 +12,28 @@ One job per scan (:func:`preprocess_scan`, CLI ``brainlatent preprocess``):
    included) through :func:`scipy.ndimage.affine_transform`: trilinear for images (with a Gaussian
    anti-aliasing pre-filter along axes that are down-sampled), nearest neighbour for masks.
 3. **Brain mask**: the scans table's mask (``mask.source: table``, nearest-neighbour resampled) or an
-   automatic one (:func:`auto_brain_mask`, see its limits below), computed inside an Otsu head mask
+   automatic one. ``auto``: a brain-extracted input (:func:`nonzero_region`: exact-zero background
+   around one brain-sized region) uses its non-zero region (holes filled); any other input the
+   classical mask (:func:`auto_brain_mask`, see its limits below), computed inside an Otsu head mask
    (:func:`head_mask`) on the uncorrected image (its thresholds are relative to the head's own
    intensity mode, so a smooth bias of a few tens of percent does not move it; on the 12 real scans
-   it agrees with a mask computed after N4 at Dice >= 0.98).
+   it agrees with a mask computed after N4 at Dice >= 0.98). ``classical``/``nonzero`` force one of
+   the two, ``deepbet`` runs the optional learned skull stripper (:func:`deepbet_mask`). Automatic
+   masks are cut below the cerebellum (:func:`cut_inferior`, ``mask.cut_inferior``).
 4. **Crop/pad** to ``preprocess.field_of_view_mm``, a box centred on the mask's centre of mass
    (the summary reports which share of the mask the box keeps).
 5. **N4 bias-field correction** (SimpleITK ``N4BiasFieldCorrectionImageFilter``) fitted inside the
    brain mask on the box shrunk by ``bias_correction.shrink_factor`` with ``iterations`` per
-   fitting level; the estimated log bias field is evaluated on the full-resolution box
-   (``GetLogBiasFieldAsImage``) and divided out.
+   fitting level; the estimated log bias field is evaluated on the shrunk grid, interpolated
+   linearly to the full-resolution box and divided out.
 6. **Normalisation** inside the mask: ``percentile`` (clip to the in-mask ``[lower, upper]``
    percentiles and scale to [0, 1]) or ``zscore`` (in-mask mean 0, std 1). Outside the mask = 0.
-7. **Write** the float32 image and the uint8 mask (RAS affine, configured spacing) atomically, a QC
-   picture (:mod:`brainlatent.qc`: the bias-corrected head with the mask outline) and, from the
-   CLI, a JSON summary.
+7. **QC checks** (:mod:`brainlatent.qc`, limits in ``preprocess.qc``): mask volume, connected
+   components, contact with the field of view's edge, normalised intensities; recorded in the
+   summary (``qc``), a WARNING per failed check; the slice stage stops or excludes failing scans.
+8. **Write** the float32 image and the uint8 mask (RAS affine, configured spacing) atomically, a QC
+   picture (:mod:`brainlatent.qc`: the bias-corrected head with the mask outline and the QC
+   verdict) and, from the CLI, a JSON summary.
 
 Automatic brain mask (classical thresholds and morphology, not a deep-learning skull stripper).
 The barrier between brain and scalp is the dark ring of CSF and skull, found as a *relative* valley
@@ -73,7 +80,9 @@ Performance (one thread, process start included, 1.5 mm, 180 x 216 x 180 mm box)
 and 300 MB per scan; N4 is the largest share and scales with the number of fit points, so
 ``shrink_factor`` 6 (9 mm fit voxels, a field within about 1 % of shrink 4) is 2-3x faster than 4.
 The head mask takes about 0.2-0.25 s (0.03-0.05 s of it the bias-field estimate) and the brain mask about 0.35 s (0.15 s of it the full-resolution
-ring), 0.13 s more than without the ring. ``benchmarks/bench_preprocess.py`` measures the job,
+ring), 0.13 s more than without the ring. Measured again on a 2-core machine under a load of 5-15
+(README, Benchmarks): 4.5-7 CPU-seconds per scan with start-up, 5.1 for a 1 mm 182 x 218 x 182 head;
+the QC checks add about 0.2 s. ``benchmarks/bench_preprocess.py`` measures the job,
 ``benchmarks/bench_mask.py`` the mask's accuracy on the synthetic cohort.
 """
 
@@ -113,6 +122,21 @@ EDGE_RATIO = 0.5
 HEAD_FIELD_SHARE = 0.7
 #: width (mm, Gaussian sigma) of the smooth field the head threshold follows
 HEAD_FIELD_MM = 30.0
+#: a brain-extracted input: its non-zero region (holes filled) is at most this large (a head with
+#: scalp and skull is larger: 2600-3500 ml on the 12 open_ms_sample scans)
+BRAIN_EXTRACTED_MAX_ML = 2200.0
+#: ... and at least this large (smaller: a few slices or a cut-out, not a brain)
+BRAIN_EXTRACTED_MIN_ML = 300.0
+#: ... and at least this share of the non-zero voxels lies in its largest connected component
+BRAIN_EXTRACTED_COMPONENT_SHARE = 0.99
+#: ... and at least this share of the acquired volume is exactly 0 (the removed background)
+BRAIN_EXTRACTED_ZERO_SHARE = 0.1
+#: inferior cut: below the cerebellum the axial mask area drops under this share of its maximum
+CUT_AREA_SHARE = 0.06
+#: inferior cut: nothing further than this many brain lengths (anterior-posterior extent at the
+#: level of the largest axial section) below the top of the mask is brain worth slicing (vertex to
+#: the lowest cerebellum is about 0.8 brain lengths in MNI152; 0.85 leaves room for taller heads)
+CUT_LENGTH_FACTOR = 0.85
 
 
 # --------------------------------------------------------------------------------------------
@@ -574,6 +598,142 @@ def _grow_into(mask: np.ndarray, allowed: np.ndarray, spacing: np.ndarray, mm: f
     return out
 
 
+def nonzero_region(
+    data: np.ndarray, in_affine: np.ndarray, grid_affine: np.ndarray, grid_shape: tuple[int, int, int], voxel_ml_in: float, force: bool = False
+) -> tuple[np.ndarray | None, dict]:
+    """The non-zero region of a brain-extracted input on the output grid, or ``None`` for raw input.
+
+    An input counts as brain-extracted when at least ``BRAIN_EXTRACTED_ZERO_SHARE`` of its voxels
+    are exactly 0, its non-zero voxels (resampled with trilinear weights, > 0.5) form one component
+    holding at least ``BRAIN_EXTRACTED_COMPONENT_SHARE`` of them, and that component with its holes
+    filled is brain-sized (``BRAIN_EXTRACTED_MIN_ML`` to ``BRAIN_EXTRACTED_MAX_ML``). A raw head
+    whose air the scanner wrote as exact zeros is larger than that (scalp, skull, neck).
+
+    Args:
+        data: the input voxels (X x Y x Z).
+        in_affine: its voxel-to-world matrix.
+        grid_affine, grid_shape: the output grid.
+        voxel_ml_in: the input's voxel volume (ml).
+        force: return the region whatever the tests say (``mask.source: nonzero``).
+
+    Returns:
+        ``(region or None, info)``; ``info`` holds the measured shares and volume (for the summary).
+
+    Example:
+        >>> x = np.zeros((40, 40, 40), np.float32); g = np.indices(x.shape) - 19.5
+        >>> x[(g ** 2).sum(0) < 15 ** 2] = 1.0
+        >>> region, info = nonzero_region(x, np.diag([3.0, 3, 3, 1]), np.diag([3.0, 3, 3, 1]), (40, 40, 40), 0.027)
+        >>> region is not None, round(info["volume_ml"] / (4 / 3 * np.pi * 45 ** 3 / 1000), 1)
+        (True, 1.0)
+    """
+    from scipy import ndimage
+
+    nonzero = data != 0
+    n_nonzero = int(np.count_nonzero(nonzero))
+    info: dict[str, Any] = {"zero_share": round(1.0 - n_nonzero / max(1, nonzero.size), 4), "nonzero_ml": round(n_nonzero * voxel_ml_in, 1)}
+    # cheap tests on the input first: most raw scans stop here
+    if not force and (info["zero_share"] < BRAIN_EXTRACTED_ZERO_SHARE or not BRAIN_EXTRACTED_MIN_ML <= info["nonzero_ml"] <= 1.2 * BRAIN_EXTRACTED_MAX_ML):
+        return None, info
+    region = resample_to_grid(nonzero.astype(np.float32), in_affine, grid_affine, grid_shape, order=1, antialias=False) > 0.5
+    labels, n = ndimage.label(region)
+    if n == 0:
+        return None, info
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    info["largest_component_share"] = round(float(sizes.max()) / float(sizes.sum()), 4)
+    region = _fill_holes(labels == int(np.argmax(sizes)))
+    voxel_ml = float(abs(np.linalg.det(grid_affine[:3, :3]))) / 1000.0
+    info["volume_ml"] = round(float(region.sum()) * voxel_ml, 1)
+    ok = info["largest_component_share"] >= BRAIN_EXTRACTED_COMPONENT_SHARE and BRAIN_EXTRACTED_MIN_ML <= info["volume_ml"] <= BRAIN_EXTRACTED_MAX_ML
+    return (region if ok or force else None), info
+
+
+def deepbet_mask(img: Any, data: np.ndarray, grid_affine: np.ndarray, grid_shape: tuple[int, int, int]) -> np.ndarray:
+    """Brain mask by deepbet (a learned skull stripper, optional dependency) on the output grid.
+
+    deepbet (Fisch et al., Comput. Biol. Med. 2024; ``pip install deepbet``, MIT) ships its two
+    TorchScript networks inside its wheel, so it runs offline; it was trained on T1-weighted scans of
+    healthy adults. It runs on the input in its own space (on the CPU, one thread unless torch is
+    told otherwise); the mask is resampled (nearest neighbour) onto the output grid.
+
+    Raises:
+        BrainlatentError: deepbet is not installed.
+    """
+    import nibabel as nib
+
+    try:
+        from deepbet import BrainExtraction
+    except ImportError as exc:
+        raise BrainlatentError(
+            f"preprocess.mask.source is 'deepbet' but deepbet cannot be imported ({exc}); install it with "
+            "'pip install deepbet' (it needs torch; its weights ship in the wheel), or use mask.source auto"
+        ) from None
+    bet = BrainExtraction(no_gpu=True)
+    _, mask, _ = bet.run(nib.Nifti1Image(np.asarray(data, dtype=np.float32), img.affine))
+    mask_data = np.asarray(mask.dataobj) > 0
+    return resample_to_grid(mask_data.astype(np.uint8), mask.affine.astype(float), grid_affine, grid_shape, order=0) > 0
+
+
+def cut_inferior(mask: np.ndarray, spacing: np.ndarray) -> tuple[np.ndarray, dict]:
+    """Cut a brain mask below the cerebellum, at a level derived from the mask's own anatomy.
+
+    Automatic masks of raw scans run down the brainstem (and sometimes into the neck) to the scan's
+    edge, so the mask's inferior end - and with it the slice band, a share of the mask's extent -
+    depends on how far down the acquisition reached. Two levels, the higher one wins:
+
+    * **area drop**: scanning down from 0.6 brain lengths below the top of the mask, the first axial
+      slice whose mask area is below ``CUT_AREA_SHARE`` of the largest axial area (below the
+      cerebellum only the medulla, or nothing, is left);
+    * **length**: ``CUT_LENGTH_FACTOR`` brain lengths below the top (a mask that leaks into the neck
+      never drops in area).
+
+    The brain length is the anterior-posterior extent of the slice with the largest area. Only the
+    largest component is kept afterwards.
+
+    Args:
+        mask: bool X x Y x Z on an RAS grid (axis 2 = inferior -> superior).
+        spacing: voxel size in mm (3,).
+
+    Returns:
+        ``(mask, info)``: info holds ``level_mm`` (mm below the top of the mask, or ``None`` when
+        nothing was cut), ``by`` (``area``, ``length`` or ``none``) and ``removed_ml``.
+
+    Example:
+        >>> m = np.zeros((40, 40, 60), bool); m[5:35, 5:35, 40:60] = True; m[18:22, 18:22, 0:40] = True
+        >>> cut, info = cut_inferior(m, np.array([3.0, 3.0, 3.0]))
+        >>> info["by"], int(np.flatnonzero(cut.any(axis=(0, 1)))[0]), info["level_mm"]
+        ('area', 40, 60.0)
+    """
+    spacing = np.asarray(spacing, dtype=float)
+    info: dict[str, Any] = {"by": "none", "level_mm": None, "removed_ml": 0.0}
+    area = mask.sum(axis=(0, 1))
+    nz = np.flatnonzero(area)
+    if nz.size < 3:
+        return mask, info
+    top = int(nz[-1])
+    zmax = int(np.argmax(area))
+    ys = np.flatnonzero(mask[:, :, zmax].any(axis=0))
+    length_mm = float((ys[-1] - ys[0] + 1) * spacing[1])
+    per_mm = 1.0 / spacing[2]
+    cut = -1  # highest slice removed
+    start = top - int(round(0.6 * length_mm * per_mm))
+    for z in range(min(start, top), -1, -1):
+        if area[z] < CUT_AREA_SHARE * area[zmax]:
+            cut, info["by"] = z, "area"
+            break
+    by_length = top - int(round(CUT_LENGTH_FACTOR * length_mm * per_mm))
+    if by_length > cut:
+        cut, info["by"] = by_length, "length"
+    if cut < nz[0]:
+        return mask, {"by": "none", "level_mm": None, "removed_ml": 0.0, "brain_length_mm": round(length_mm, 1)}
+    out = mask.copy()
+    out[:, :, : cut + 1] = False
+    out = _largest_component(out)
+    info.update(level_mm=round(float((top - cut) * spacing[2]), 1), removed_ml=round(float(mask.sum() - out.sum()) * float(np.prod(spacing)) / 1000.0, 1),
+                brain_length_mm=round(length_mm, 1))
+    return out, info
+
+
 def _brain_from_candidates(
     image: np.ndarray, spacing: np.ndarray, head: np.ndarray, field_of_view: np.ndarray | None, ring: np.ndarray, erode_mm: float, min_depth_mm: float
 ) -> np.ndarray:
@@ -651,7 +811,14 @@ def n4_bias_correction(
     n4 = sitk.N4BiasFieldCorrectionImageFilter()
     n4.SetMaximumNumberOfIterations([int(i) for i in iterations])
     n4.Execute(small, small_mask)
-    log_bias = sitk.GetArrayFromImage(n4.GetLogBiasFieldAsImage(img)).T
+    # the field is smooth (B-spline control points tens of mm apart): evaluate it on the shrunk grid
+    # and interpolate linearly to full resolution (log field within 0.002 of the full evaluation
+    # inside the brain; 0.06 instead of 0.15 CPU-seconds on a 1.5 mm box)
+    resample = sitk.ResampleImageFilter()
+    resample.SetReferenceImage(img)
+    resample.SetInterpolator(sitk.sitkLinear)
+    resample.SetUseNearestNeighborExtrapolator(True)
+    log_bias = sitk.GetArrayFromImage(resample.Execute(n4.GetLogBiasFieldAsImage(small))).T
     log_bias -= float(log_bias[fit_mask].mean())  # geometric mean 1 inside the mask: keeps the scale
     bias = np.exp(log_bias).astype(np.float32)
     return (image / bias).astype(np.float32), bias
@@ -784,7 +951,18 @@ def preprocess_scan(
     image = np.maximum(image, 0.0) if data.min() >= 0 else image
     lap("resample")
 
-    head = head_mask(image, spacing)
+    source = pp["mask"]["source"]
+    use_table = source == "table" and mask_path is not None
+    if source == "table" and mask_path is None:
+        log.warning("%s: preprocess.mask.source is 'table' but the scan has no mask; using the automatic mask", image_path)
+    region, extracted = None, None
+    if not use_table and source in ("auto", "table", "nonzero"):
+        # brain-extracted input (exact-zero background around one brain-sized region): that region is the mask
+        voxel_ml_in = float(abs(np.linalg.det(in_affine[:3, :3]))) / 1000.0
+        region, extracted = nonzero_region(data, in_affine, grid_affine, grid_shape, voxel_ml_in, force=source == "nonzero")
+        if region is None and source == "nonzero":
+            raise BrainlatentError(f"{image_path}: preprocess.mask.source is 'nonzero' but the image has no non-zero region")
+    head = region if region is not None else head_mask(image, spacing)
     if not head.any():
         raise BrainlatentError(f"{image_path}: no head found (the image has no foreground above the Otsu threshold)")
     # work inside the head's bounding box from here on (the masks cost per voxel)
@@ -798,19 +976,27 @@ def preprocess_scan(
     head_ml = float(head.sum()) * voxel_ml
     lap("head_mask")
 
-    use_table = pp["mask"]["source"] == "table" and mask_path is not None
-    if pp["mask"]["source"] == "table" and mask_path is None:
-        log.warning("%s: preprocess.mask.source is 'table' but the scan has no mask; using the automatic mask", image_path)
+    cut_info: dict[str, Any] = {"by": "none", "level_mm": None, "removed_ml": 0.0}
     if use_table:
         mimg, mdata = _load_mask(mask_path)
         brain = resample_to_grid(mdata, mimg.affine.astype(float), grid_affine, grid_shape, order=0) > 0
         if not brain.any():
             raise BrainlatentError(f"{mask_path}: mask does not overlap image {image_path} in world coordinates")
+        mask_kind = "table"
     else:
-        field_of_view = field_of_view_mask(in_affine, data.shape, grid_affine, grid_shape)
-        brain = auto_brain_mask(image, spacing, head, field_of_view)
-        if not brain.any():
-            raise BrainlatentError(f"{image_path}: automatic brain mask found no brain")
+        if region is not None:
+            brain, mask_kind = head.copy(), "nonzero"
+        elif source == "deepbet":
+            brain, mask_kind = deepbet_mask(img, data, grid_affine, grid_shape), "deepbet"
+            if not brain.any():
+                raise BrainlatentError(f"{image_path}: deepbet found no brain")
+        else:
+            field_of_view = field_of_view_mask(in_affine, data.shape, grid_affine, grid_shape)
+            brain, mask_kind = auto_brain_mask(image, spacing, head, field_of_view), "classical"
+            if not brain.any():
+                raise BrainlatentError(f"{image_path}: automatic brain mask found no brain")
+        if pp["mask"]["cut_inferior"]:
+            brain, cut_info = cut_inferior(brain, spacing)
     brain_ml = float(brain.sum()) * voxel_ml
     lap("brain_mask")
 
@@ -837,6 +1023,13 @@ def preprocess_scan(
     qc_img = image * head
     lap("normalise")
 
+    from brainlatent.qc import evaluate_checks, measure_mask
+
+    in_view = field_of_view_mask(in_affine, data.shape, out_affine, fov_shape)
+    measures = measure_mask(brain, in_view, spacing, out_img, norm["method"])
+    checks = evaluate_checks(measures, pp["qc"], norm["method"])
+    lap("qc")
+
     name = scan_name(out_image)
     written = [out_image, out_mask] + ([out_qc_png] if out_qc_png is not None else [])
     try:
@@ -845,7 +1038,8 @@ def preprocess_scan(
         if out_qc_png is not None:
             from brainlatent.qc import save_qc_png
 
-            title = f"{name}  brain {out_msk.sum() * voxel_ml:.0f} ml  ({'table' if use_table else 'auto'} mask)"
+            verdict = "QC ok" if checks["passed"] else "QC FAILED: " + "; ".join(checks["failures"])
+            title = f"{name}  brain {out_msk.sum() * voxel_ml:.0f} ml  ({mask_kind} mask)  {verdict}"
             save_qc_png(out_qc_png, qc_img, brain, spacing, title)
     except BaseException:
         for path in written:  # never leave a partial set of outputs
@@ -870,12 +1064,16 @@ def preprocess_scan(
             "spacing_mm": spacing.tolist(),
             "orientation": "".join(nib.aff2axcodes(out_affine)),
         },
-        "mask_source": "table" if use_table else "auto",
+        "mask_source": "table" if use_table else ("auto" if source == "table" else source),
+        "mask_method": mask_kind,
+        "brain_extracted_test": extracted,
+        "inferior_cut": cut_info,
         "brain_volume_ml": round(brain_ml, 1),
         "mask_fraction_in_fov": round(kept, 4),
         "head_volume_ml": round(head_ml, 1),
         "bias_field_p1_p99": [round(v, 4) for v in bias_range],
         "normalise": norm_params,
+        "qc": {**checks, "measures": measures},
         "seconds": timings,
     }
 
@@ -911,6 +1109,8 @@ def run(args: argparse.Namespace) -> None:
         for path in outputs:  # no partial set of outputs left behind
             Path(path).unlink(missing_ok=True)
         raise
+    for reason in summary["qc"]["failures"]:
+        log.warning("%s: QC failed: %s", summary["scan"], reason)
     log.info(
         "%s: %s %s -> %s, brain %.0f ml, %.2f s",
         summary["scan"],

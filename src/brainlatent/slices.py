@@ -4,6 +4,7 @@ On disk (one folder per resolution, ``slices/<R>/``)::
 
     images.npy        float32, N x 1 x R x R, memory-mapped; intensities in [-1, 1], background -1
     manifest.parquet  one row per slice: index, scan, subject, session, slice, split, <attributes>
+    excluded.tsv      scans left out by quality control (qc.on_fail: exclude): scan, subject, session, reason
 
 Slices are taken from a band of the brain's inferior-superior extent (``slices.band``, fractions of
 the brain mask's extent), ``slices.per_scan`` evenly spaced slices per scan among those whose brain
@@ -13,6 +14,13 @@ padded to a square and resized with area averaging.
 
 The split is by **subject**: every scan (and slice) of a subject lands in the same split, and the
 subjects are stratified on ``slices.split.stratify`` attributes (numeric ones by their bins).
+
+Quality control is gathered here (:mod:`brainlatent.qc`): the preprocessing checks recorded in each
+scan's ``summaries/<scan>.json`` plus the slice band check (:func:`band_problems`). Any failing scan
+stops the stage with every failing scan and reason listed (exit 2), unless ``qc.on_fail`` is
+``exclude``: then the scan is left out, named in a WARNING line and in ``excluded.tsv`` (``scan,
+subject, session, reason``; always written, header only when nothing was excluded), and a subject
+that loses all its scans is named too. No scan or subject leaves the dataset without a line saying so.
 """
 
 from __future__ import annotations
@@ -64,6 +72,26 @@ def choose_slices(mask: np.ndarray, band: tuple[float, float], per_scan: int, mi
         return candidates
     picks = np.linspace(0, len(candidates) - 1, per_scan).round().astype(int)
     return [candidates[i] for i in np.unique(picks)]
+
+
+def band_problems(mask: np.ndarray, chosen: list[int], band: tuple[float, float], min_brain_fraction: float, min_area_share: float) -> list[str]:
+    """Why the chosen slices of a scan are not inside the brain (empty list: they are).
+
+    Every chosen slice must hold at least ``min_area_share`` of the scan's largest axial brain area
+    (a band that slid into the skull base or the vertex does not), and at least one slice must
+    qualify.
+
+    Example:
+        >>> m = np.zeros((10, 10, 20), bool); m[2:8, 2:8, 5:15] = True; m[4:6, 4:6, 0:5] = True
+        >>> band_problems(m, [2, 10], (0.0, 1.0), 0.0, 0.5)
+        ['band: slice 2 has 11 % of the largest axial brain area (< 50 %)']
+    """
+    if not chosen:
+        return [f"band: no slice in the band {list(band)} of the mask's extent has a brain fraction >= {min_brain_fraction:g}"]
+    area = mask.reshape(-1, mask.shape[2]).sum(axis=0).astype(float)
+    peak = float(area.max())
+    return [f"band: slice {z} has {100 * area[z] / peak:.0f} % of the largest axial brain area (< {100 * min_area_share:.0f} %)"
+            for z in chosen if area[z] < min_area_share * peak]
 
 
 def to_display(slice_xy: np.ndarray) -> np.ndarray:
@@ -171,30 +199,57 @@ def build_slice_dataset(cfg: dict, scans_table: str | Path, preprocessed_dir: st
     preprocessed_dir = Path(preprocessed_dir)
     images: list[np.ndarray] = []
     rows = []
+    limits = cfg["preprocess"]["qc"]
+    on_fail = cfg["qc"]["on_fail"]
+    failed: list[dict] = []
     for scan in scans.to_dict("records"):
         img_path = preprocessed_dir / "images" / f"{scan['scan']}.nii.gz"
         mask_path = preprocessed_dir / "masks" / f"{scan['scan']}.nii.gz"
         for p in (img_path, mask_path):
             if not p.exists():
                 raise BrainlatentError(f"{p}: preprocessed file missing for scan {scan['scan']}; run the preprocess rule first")
+        summary_path = preprocessed_dir / "summaries" / f"{scan['scan']}.json"
+        reasons: list[str] = []
+        if summary_path.exists():
+            reasons += list(((io.read_json(summary_path) or {}).get("qc") or {}).get("failures") or [])
+        else:
+            log.warning("%s: no preprocessing summary %s; its preprocessing QC checks are not known", scan["scan"], summary_path)
         vol = np.asarray(nib.load(str(img_path)).dataobj, dtype=np.float32)
         mask = np.asarray(nib.load(str(mask_path)).dataobj) > 0
         chosen = choose_slices(mask, tuple(sc["band"]), sc["per_scan"], sc["min_brain_fraction"])
-        if not chosen:
-            log.warning("%s: no slice has a brain fraction >= %g; scan skipped", img_path, sc["min_brain_fraction"])
+        reasons += band_problems(mask, chosen, tuple(sc["band"]), sc["min_brain_fraction"], limits["min_band_area_share"])
+        if reasons:
+            failed.append({"scan": scan["scan"], "subject": scan["subject"], "session": scan["session"], "reason": "; ".join(reasons)})
+            continue
         for z in chosen:
             scaled = scale_intensities(vol[:, :, z], mask[:, :, z], cfg["preprocess"]["normalise"]["method"])
             images.append(resize_square(to_display(scaled), res, background=-1.0))
             row = {"scan": scan["scan"], "subject": scan["subject"], "session": scan["session"], "slice": int(z)}
             row.update({a["name"]: scan.get(a["name"]) for a in cfg["attributes"]})
             rows.append(row)
+    if failed and on_fail == "stop":
+        raise BrainlatentError(
+            f"{scans_table}: {len(failed)} of {len(scans)} scans failed quality control; the study stops "
+            "(fix them, or set qc.on_fail: exclude to leave them out)",
+            [f"{f['scan']}: {f['reason']}" for f in failed],
+        )
+    for f in failed:
+        log.warning("%s (subject %s) excluded: %s", f["scan"], f["subject"], f["reason"])
+    kept_subjects = {r["subject"] for r in rows}
+    for subject in sorted(set(scans["subject"]) - kept_subjects):
+        log.warning("subject %s: all its scans were excluded; the subject is not in the dataset", subject)
+    excluded = pd.DataFrame(failed, columns=["scan", "subject", "session", "reason"])
     if not rows:
-        raise BrainlatentError(f"{scans_table}: no slices could be extracted from any scan (check slices.band and min_brain_fraction)")
+        raise BrainlatentError(f"{scans_table}: no slices could be extracted from any scan (check slices.band and min_brain_fraction)",
+                               [f"{f['scan']}: {f['reason']}" for f in failed])
     manifest = pd.DataFrame(rows)
     manifest.insert(0, "index", np.arange(len(manifest)))
     first = manifest.drop_duplicates("subject")[["subject"] + [a["name"] for a in cfg["attributes"]]]
     split = subject_split(first, sc["split"], sc["split"]["stratify"], cfg["attributes"], derive_seed(cfg["seed"], "split"))
     manifest["split"] = manifest["subject"].map(split)
+    unsplit = sorted(manifest.loc[manifest["split"].isna(), "subject"].unique())
+    if unsplit:
+        raise BrainlatentError(f"{scans_table}: subjects without a split: {', '.join(unsplit)}")
     for attr in cfg["attributes"]:
         if attr["kind"] == "numeric":
             manifest[attr["name"]] = pd.to_numeric(manifest[attr["name"]], errors="coerce")
@@ -205,8 +260,11 @@ def build_slice_dataset(cfg: dict, scans_table: str | Path, preprocessed_dir: st
         arr.flush()
         del arr
         manifest.to_parquet(tmp / "manifest.parquet", index=False)
+        excluded.to_csv(tmp / "excluded.tsv", sep="\t", index=False)
     counts = manifest.groupby("split")["subject"].nunique().to_dict()
     log.info("%d slices from %d scans; subjects per split %s", len(manifest), manifest["scan"].nunique(), counts)
+    if failed:
+        log.warning("%d scans excluded by quality control (qc.on_fail: exclude), listed in %s", len(failed), Path(out_dir) / "excluded.tsv")
     return manifest
 
 
@@ -287,7 +345,7 @@ class SliceDataset:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="study config (YAML path or inline JSON)")
     parser.add_argument("--scans", required=True, help="normalised scans table (validate-inputs output)")
-    parser.add_argument("--preprocessed", required=True, help="folder with images/<scan>.nii.gz and masks/<scan>.nii.gz")
+    parser.add_argument("--preprocessed", required=True, help="folder with images/, masks/ and summaries/ (<scan>.nii.gz, <scan>.json)")
     parser.add_argument("--out", required=True, help="dataset folder to write (images.npy, manifest.parquet)")
 
 

@@ -32,7 +32,7 @@ STAGE_KEYS: dict[str, tuple[str, ...]] = {
     "preprocess": ("preprocess",),
     # bins matter to the split only for stratified numeric attributes
     "slice": (
-        "seed", "slices", "preprocess.normalise.method",
+        "seed", "slices", "preprocess.normalise.method", "preprocess.qc", "qc",
         "attributes[].name", "attributes[].kind", "attributes[slices.split.stratify]",
     ),
     "train_classifier": ("seed", "attributes", "classifier", "-classifier.lpips_weights"),

@@ -74,9 +74,12 @@ rule slice_dataset:
         images=preprocessed("images"),
         masks=preprocessed("masks"),
         qc=qc_pictures,
+        # per-scan QC checks (preprocess.qc), gathered here: stop, or exclude with qc.on_fail: exclude
+        summaries=lambda w: expand(f"{S}/preprocessed/summaries/{{scan}}.json", scan=scan_ids()),
     output:
         images=f"{SLICES}/images.npy",
         manifest=f"{SLICES}/manifest.parquet",
+        excluded=f"{SLICES}/excluded.tsv",
     params:
         config=stage_config("slice"),
         preprocessed=lambda w, input: str(Path(input.scans).parents[1] / "preprocessed"),
@@ -90,5 +93,6 @@ rule slice_dataset:
     conda:
         ENV
     shell:
+        # QC failures and exclusions (WARNING/error lines) are shown on the console too, not only in the log
         "brainlatent slice --config {params.config:q} --scans {input.scans:q} --preprocessed {params.preprocessed:q}"
-        " --out {params.out:q} 2> {log:q}"
+        " --out {params.out:q} 2> {log:q} || rc=$?; grep -E -A1000 'WARNING|error' {log:q} >&2 || true; exit ${{rc:-0}}"

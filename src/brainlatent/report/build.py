@@ -454,7 +454,24 @@ def section_dataset(st: StudyFiles, qc_limit: int) -> str:
                               "attribute correlation heatmap", "fig-correlation", width=460) + "</div></div>")
 
     parts.append(_qc_montage(st, qc_limit))
+    parts.append(_qc_exclusions(st, man_rel))
     return "".join(parts)
+
+
+def _qc_exclusions(st: StudyFiles, man_rel: str) -> str:
+    """The scans quality control left out (``excluded.tsv`` beside the manifest), one row each."""
+    import pandas as pd
+
+    rel = str(Path(man_rel).parent / "excluded.tsv")
+    if not st.exists(rel):
+        return f"<p>Quality control: no <code>{esc(rel)}</code> (a slice dataset built before QC exclusions existed).</p>"
+    excluded = pd.read_csv(st.path(rel), sep="\t", dtype=str, keep_default_na=False)
+    if excluded.empty:
+        return f"<p id='qc-exclusions'>Quality control: every scan passed its checks; none was excluded (<code>{esc(rel)}</code>).</p>"
+    rows = [[L(r["scan"]), L(r["subject"]), L(r["reason"])] for r in excluded.to_dict("records")]
+    return (f"<h3>Scans excluded by quality control</h3><p class='warning'>{len(excluded)} scan(s) failed a plausibility check "
+            f"and were left out of the slices (<code>qc.on_fail: exclude</code>; <code>{esc(rel)}</code>).</p>"
+            + table("table-qc-excluded", [[L("scan"), L("subject"), L("reason")]], rows, "Scans excluded by quality control"))
 
 
 def _qc_montage(st: StudyFiles, qc_limit: int) -> str:
@@ -477,7 +494,9 @@ def _qc_montage(st: StudyFiles, qc_limit: int) -> str:
                          num(lookup(summ, "brain_volume_ml"), summ_rel, "brain_volume_ml", ".1f"),
                          num(lookup(summ, "head_volume_ml"), summ_rel, "head_volume_ml", ".1f"),
                          num(lookup(summ, "mask_fraction_in_fov"), summ_rel, "mask_fraction_in_fov", ".3f"),
-                         L(lookup(summ, "mask_source") or "?")])
+                         L(lookup(summ, "mask_method") or lookup(summ, "mask_source") or "?"),
+                         L("—" if lookup(summ, "qc.passed") is None else "ok" if lookup(summ, "qc.passed")
+                           else "failed: " + "; ".join(lookup(summ, "qc.failures") or []))])
     out = ["<h3>Preprocessing quality control</h3>",
            f"<p>The first {len(shown)} of {len(pngs)} scans after reorientation, resampling, bias correction and "
            "normalisation, with the brain mask's outline (red). Check that the outline follows the brain and that "
@@ -485,7 +504,7 @@ def _qc_montage(st: StudyFiles, qc_limit: int) -> str:
            '<div class="grid three" id="qc-montage">' + "".join(tiles) + "</div>"]
     if rows:
         out.append(table("table-qc", [[L("scan"), L("input orientation"), L("input spacing (mm)"), L("brain volume (ml)"),
-                                        L("head volume (ml)"), L("mask inside box"), L("mask source")]], rows,
+                                        L("head volume (ml)"), L("mask inside box"), L("mask"), L("QC checks")]], rows,
                          "Preprocessing summaries of the scans shown"))
     return "".join(out)
 

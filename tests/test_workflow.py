@@ -19,6 +19,7 @@ from scipy import ndimage as ndi
 from scipy.stats import spearmanr
 
 from brainlatent.config import load_config
+from brainlatent.models.families import families, get_family, model_id
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -134,8 +135,6 @@ def test_adding_a_latent_size_plans_only_the_new_models(tiny_study, tmp_path):
     _, cfg, _ = tiny_study
     changed = changed_study(tmp_path, cfg, lambda c: c["gan"].update(latent_sizes=[8, 12]))
     jobs = planned_jobs(snakemake("-n", "--configfile", str(changed)))
-    from brainlatent.models.families import get_family
-
     assert jobs.pop("train_gan") == len(cfg["gan"]["archs"])
     assert jobs.pop("evaluate") == sum(len(get_family(arch).metrics) for arch in cfg["gan"]["archs"])
     assert set(jobs) <= BOOKKEEPING, jobs
@@ -345,3 +344,20 @@ def test_qc_failure_stops_the_workflow_or_is_excluded(tmp_path):
     excluded = pd.read_csv(study / "slices" / "64" / "excluded.tsv", sep="\t")
     assert sorted(excluded["scan"]) == ["patient01_study1", "patient01_study2"]
     assert set(pd.read_parquet(target)["subject"]) == {"patient12"}
+
+
+@pytest.mark.parametrize("archs", [list(families()), [list(families())[-1]]], ids=["every-family", "newest-family"])
+def test_the_family_registry_drives_the_plan(tmp_path, archs):
+    """The plan comes from the registry: every listed family's training jobs and the metrics it
+    registers, and no job of a family the study does not list."""
+    config, _ = study_config(tmp_path, "config/studies/tiny.yaml", gan={"archs": archs, "latent_sizes": [8, 16]})
+    result = snakemake("-n", "--configfile", str(config))
+    jobs = planned_jobs(result)
+    assert jobs["train_gan"] == 2 * len(archs)
+    assert jobs["evaluate"] == 2 * sum(len(get_family(a).metrics) for a in archs)
+    out = result.stdout
+    for arch in archs:
+        for z in (8, 16):
+            assert f"gan/{model_id(arch, z)}/network.pt" in out
+    for other in set(families()) - set(archs):
+        assert f"gan/{model_id(other, 8)}/" not in out

@@ -215,6 +215,7 @@ def run(args: argparse.Namespace) -> None:
     device = pick_device(args.device)
     out = Path(args.out)
     out_dir = Path(args.out_dir) if args.out_dir else out.with_suffix("")
+    out_dir.mkdir(parents=True, exist_ok=True)  # always there (the workflow declares it), empty for a metric without pictures
     generator, classifier, features, distance_fn, feature_info = _load_models(args, cfg, device)
     specs, spec_notes = classifier_specs(classifier, args.classifier, cfg)
     log.info("evaluate %s: %s z%d on %s", args.metric, generator.arch, generator.z_dim, device)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -83,6 +84,7 @@ def test_every_metric_and_aggregate(study):
 
     out, doc = evaluate(root, cfg, "ppl", "gan")
     outs.append(out)
+    assert Path(out).with_suffix("").is_dir()  # the picture folder the workflow declares exists, empty for ppl
     assert set(doc["results"]) == {"z_full", "z_end"}
     assert doc["settings"]["variants"]["z_full"]["z_rescaled"] is True
 

@@ -8,7 +8,8 @@ What is shown, with the tiny study (shrunk a little further so the module runs i
    to the controller; GPU rules ask for and get the fake GPU);
 2. a training job cancelled with ``scancel`` fails the run, and the next run resumes it from its
    checkpoint;
-3. a failing job is reported with its SLURM log, and ``--retries 1`` submits it a second time;
+3. a failing job is reported with its SLURM log (and its own log on the console), and ``--retries 1``
+   submits it a second time;
 4. ``--forcerun RULE`` (dry run) schedules only that rule and what depends on it.
 
 The cluster is brought up once for the module and always stopped again by the PIDs of the daemons
@@ -172,9 +173,9 @@ def test_study_runs_as_slurm_jobs(cluster, tiny_run):
         assert f"(Rule: {rule})" in path.read_text(), f"{path} does not show the job finishing rule {rule}"
     n_scans = len(pd.read_csv(work / DATA_TARGETS[0], sep="\t"))
     assert {rule: len(ids) for rule, ids in by_rule.items()} == {
-        "synthesize_cohort": 1, "validate_inputs": 1, "preprocess": n_scans,
-        "slice_dataset": 1, "train_classifier": 1, "train_gan": 1,
-    }
+        "synthesize_cohort": 1, "preprocess": n_scans, "slice_dataset": 1, "train_classifier": 1, "train_gan": 1,
+    }  # validate_inputs (like resolved_config, aggregate and report) is a local rule: no SLURM job
+    assert (work / DATA_TARGETS[0]).exists() and "rule_validate_inputs" not in out
 
     # the controller ran and completed every one of these jobs
     ctld = cluster["ctld_log"].read_text()
@@ -243,12 +244,20 @@ def test_cancelled_training_resumes_from_its_checkpoint(tiny_run):
 
 @pytest.mark.slurm
 def test_failing_job_reports_its_slurm_log_and_is_retried(cluster, tmp_path):
+    """A scan whose header is fine but whose voxel data is cut short passes the (header-only) input
+    checks and fails in its preprocess job on the cluster."""
+    import nibabel as nib
+    import numpy as np
+
     work = tmp_path
+    image = work / "broken" / "sub-01.nii"
+    image.parent.mkdir()
+    nib.save(nib.Nifti1Image(np.ones((24, 28, 20), np.float32), np.diag([2.0, 2.0, 2.0, 1.0])), str(image))
+    image.write_bytes(image.read_bytes()[:600])  # header + a few voxels: truncated by a failed copy
     table = work / "broken" / "scans.tsv"
-    table.parent.mkdir()
-    table.write_text("subject\timage_flair\tage\tsex\nsub-01\tmissing.nii.gz\t40\tF\n")
+    table.write_text(f"subject\timage_flair\tage\tsex\nsub-01\t{image.name}\t40\tF\n")
     config = _study_config(work / "broken.yaml", study="broken", inputs={"source": "table", "table": str(table)})
-    rc, out = snakemake(work, config, "--retries", "1", "results/broken/inputs/scans.tsv", timeout=240)
+    rc, out = snakemake(work, config, "--retries", "1", "results/broken/preprocessed/images/sub-01.nii.gz", timeout=240)
 
     assert rc != 0
     attempts = SUBMITTED.findall(out)
@@ -257,9 +266,10 @@ def test_failing_job_reports_its_slurm_log_and_is_retried(cluster, tmp_path):
     for job_id, slurm_log in attempts:
         assert f"SLURM-job '{job_id}' failed, SLURM status is: 'FAILED'" in out
         assert slurm_log in out.split(f"SLURM-job '{job_id}' failed", 1)[1], "error names the SLURM log"
-        assert Path(slurm_log).parent.name == "rule_validate_inputs" and Path(slurm_log).exists()
-    rule_log = (work / "results/broken/logs/validate_inputs.log").read_text()
-    assert "error" in rule_log and str(table) in rule_log, rule_log  # the rule's own log names the bad table
+        assert Path(slurm_log).parent.name == "rule_preprocess" and Path(slurm_log).exists()
+    rule_log = (work / "results/broken/logs/preprocess/sub-01.log").read_text()
+    assert "error" in rule_log.lower() and image.name in rule_log, rule_log  # the rule's own log names the bad file
+    assert "brainlatent preprocess" in out  # show-failed-logs: the job's log is on the console
 
 
 def test_profiles_use_real_options_and_leave_site_settings_to_the_profile():

@@ -47,11 +47,18 @@ STAGE_KEYS: dict[str, tuple[str, ...]] = {
 
 
 def stage_keys(stage: str) -> tuple[str, ...]:
-    """The selectors of one stage; ``"train:<family>"`` asks the generator-family registry."""
+    """The selectors of one stage; ``"train:<family>"`` asks the generator-family registry and
+    ``"evaluate:<metric>"`` of a registered metric (:mod:`brainlatent.metrics.registry`) its ``stage_keys``."""
     if stage.startswith("train:"):
         from brainlatent.models.families import get_family
 
         return get_family(stage.split(":", 1)[1]).stage_keys
+    if stage.startswith("evaluate:") and stage not in STAGE_KEYS:
+        from brainlatent.metrics.registry import metrics
+
+        registered = metrics()
+        if stage.split(":", 1)[1] in registered:
+            return registered[stage.split(":", 1)[1]].stage_keys
     if stage not in STAGE_KEYS:
         raise BrainlatentError(f"unknown stage '{stage}'; stages with a key list: {sorted(STAGE_KEYS)} and train:<family>")
     return STAGE_KEYS[stage]

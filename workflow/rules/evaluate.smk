@@ -71,6 +71,21 @@ use rule evaluate_ppl as evaluate_path_profile with:
         f"{BENCH}/evaluate/path_profile/{{arch}}-z{{zdim}}.tsv"
 
 
+
+use rule evaluate_ppl as evaluate_mode_discovery with:
+    output:
+        json=f"{S}/eval/{{arch}}-z{{zdim}}/mode_discovery.json",
+        pictures=f"{S}/eval/{{arch}}-z{{zdim}}/components.png",
+    params:
+        config=stage_config("evaluate:mode_discovery"),
+        slices=input_folder("manifest"),
+        metric="mode_discovery",
+        extra=lambda w, output: ["--gif-dir", str(Path(output.pictures).parent)],
+    log:
+        f"{LOGS}/evaluate/mode_discovery/{{arch}}-z{{zdim}}.log",
+    benchmark:
+        f"{BENCH}/evaluate/mode_discovery/{{arch}}-z{{zdim}}.tsv"
+
 rule aggregate:
     input:
         eval_outputs(),

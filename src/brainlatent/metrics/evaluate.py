@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
-import math
 from pathlib import Path
 
 import numpy as np
@@ -113,18 +112,16 @@ def _embed(features, images: torch.Tensor | np.ndarray, batch_size: int, device)
 
 @torch.no_grad()
 def generated_features(generator, features, n: int, batch_size: int, seed: int, device) -> np.ndarray:
-    """Penultimate features of ``n`` generated images (z ~ N(0, I), random noise, no truncation)."""
-    from brainlatent.metrics.ppl import progress, sample_noise
+    """Penultimate features of ``n`` generated images (z from the family's prior, random noise, no truncation).
 
-    rng = torch.Generator(device="cpu").manual_seed(int(seed))
+    Drawn by :func:`brainlatent.latents.batches` (z ~ N(0, I) unless the network has ``sample_z``;
+    for N(0, I) families the draws are those of the former inline loop: z, then noise, per batch).
+    """
+    from brainlatent.latents import batches
+
     out = []
-    n_batches = math.ceil(n / batch_size)
-    for b in progress(range(n_batches), n_batches, "quality samples"):
-        m = min(batch_size, n - b * batch_size)
-        z = torch.randn((m, generator.z_dim), generator=rng)
-        noise = [x.to(device) for x in sample_noise(generator, m, rng)]
-        images = generator.synthesis(generator.mapping(z.to(device)), noise=noise)
-        out.append(torch.as_tensor(features.embed(images, batch_size)).detach().double().cpu().numpy())
+    for batch in batches(generator, n, seed, batch_size, device, desc="quality samples"):
+        out.append(torch.as_tensor(features.embed(batch.images, batch_size)).detach().double().cpu().numpy())
     return np.concatenate(out)
 
 
@@ -283,11 +280,20 @@ def evaluate(
         plot, gif_dir: extra outputs of ``path_profile``.
         distance_fn: the PPL distance (default ``features.distance``).
     """
-    if metric not in METRICS:
-        raise BrainlatentError(f"--metric: expected one of {METRICS}, got '{metric}'")
+    from brainlatent.metrics.registry import MetricContext, metrics
+
+    registered = metrics()
+    if metric not in METRICS and metric not in registered:
+        raise BrainlatentError(f"--metric: expected one of {all_metrics()}, got '{metric}'")
     seed = metric_seed(cfg, metric, generator)
     extra: dict = {}
-    if metric == "ppl":
+    if metric not in METRICS:
+        ctx = MetricContext(cfg, generator, features, list(specs or cfg.get("attributes") or []), seed, device,
+                            Path(slices) if slices is not None else None, Path(gif_dir) if gif_dir is not None else None,
+                            distance_fn)
+        res = registered[metric].fn(ctx)
+        results, settings, notes, extra = res.results, res.settings, res.notes, res.extra
+    elif metric == "ppl":
         results, settings, notes = evaluate_ppl(cfg, generator, distance_fn or features.distance, seed, device)
     elif metric == "path_profile":
         results, settings, notes, extra = evaluate_path_profile(cfg, generator, features, seed, device, plot, gif_dir)
@@ -331,8 +337,15 @@ def evaluate(
 # CLI
 
 
+def all_metrics() -> list[str]:
+    """The four built-in metric families and every metric of :mod:`brainlatent.metrics.registry`."""
+    from brainlatent.metrics.registry import metrics
+
+    return list(METRICS) + [m for m in metrics() if m not in METRICS]
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--metric", required=True, choices=METRICS, help="metric family to compute")
+    parser.add_argument("--metric", required=True, choices=all_metrics(), help="metric to compute")
     parser.add_argument("--config", required=True, help="study config (YAML path or inline JSON)")
     parser.add_argument("--network", required=True, help="trained generator, e.g. gan/stylegan-z32/network.pt")
     parser.add_argument("--classifier", required=True, help="attribute classifier, classifier/model.pt (the feature network)")
@@ -347,10 +360,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _load_models(args, cfg: dict, device: torch.device):
     """Generator, classifier, features and the PPL distance named by the CLI arguments."""
     from brainlatent.metrics.features import PerceptualFeatures
+    from brainlatent.models.families import load_network
     from brainlatent.train.classifier import load_classifier
-    from brainlatent.models.stylegan import load_generator
 
-    generator = load_generator(args.network, device).eval().requires_grad_(False)
+    generator = load_network(args.network, device).eval().requires_grad_(False)
     classifier = load_classifier(args.classifier, device).eval().requires_grad_(False)
     features = PerceptualFeatures(classifier, device)
     feature_info = {"classifier": str(args.classifier), "classifier_sha256": sha256_file(args.classifier), "distance": "classifier"}
@@ -380,7 +393,7 @@ def run(args: argparse.Namespace) -> None:
     device = pick_device(args.device)
     out = Path(args.out)
     plot = args.plot or (out.with_suffix(".png") if args.metric == "path_profile" else None)
-    gif_dir = args.gif_dir or (out.parent if args.metric == "path_profile" else None)
+    gif_dir = args.gif_dir or (out.parent if args.metric == "path_profile" or args.metric not in METRICS else None)
     generator, classifier, features, distance_fn, feature_info = _load_models(args, cfg, device)
     specs, spec_notes = classifier_specs(classifier, args.classifier, cfg)
     log.info("evaluate %s: %s z%d on %s", args.metric, generator.arch, generator.z_dim, device)

@@ -292,3 +292,49 @@ def test_mode_discovery_metric_end_to_end(finished_run, slices_dir, tmp_path):
     assert all(0.0 <= v["gmm"] <= 1.0 and 0.0 <= v["kmeans"] <= 1.0 for v in res.results["nmi"].values())
     assert set(res.results["component_recovery"]) == {"0", "1"} and (tmp_path / "components.png").exists()
     assert res.extra["discovered"] in res.results["nmi"]
+
+
+def test_evaluate_cli_runs_mode_discovery_and_quality_on_a_gmmgan(tmp_path):
+    import json
+
+    from brainlatent.cli import main
+    from brainlatent.io import save_torch
+    from brainlatent.models.gmm import save_network
+    from brainlatent.train.classifier import build_model, model_payload
+
+    res = 32
+    cfg = load_config({"study": "t", "seed": 1, "slices": {"resolution": res}, "classifier": {"width": 4, "fc_width": 8},
+                       "evaluate": {"batch_size": 16, "quality": {"num_generated": 20, "kid_subsets": 2, "kid_subset_size": 5},
+                                    "mode_discovery": {"num_per_component": 3, "interpolation_paths": 2, "interpolation_steps": 3, "kmeans_restarts": 1}}})
+    torch.manual_seed(0)
+    save_network(tmp_path / "network.pt", GMMGANNetwork(4, 2, resolution=res, width=0.0625, arch="gmmgan2").eval(), kimg=0, seed=0)
+    clf = build_model(cfg)
+    save_torch(tmp_path / "model.pt", model_payload(clf.state_dict(), clf, cfg))
+    slices = tmp_path / "slices"
+    slices.mkdir()
+    n = 16
+    np.save(slices / "images.npy", np.random.default_rng(0).uniform(-1, 1, size=(n, 1, res, res)).astype(np.float32))
+    pd.DataFrame({"index": np.arange(n), "split": ["train"] * 4 + ["test"] * 12, "scan": [f"s{i // 4}" for i in range(n)],
+                  "subject": [f"p{i // 4}" for i in range(n)], "slice": np.arange(n) % 4, "sex": ["F", "M"] * 8,
+                  "ms_type": ["HC", "RRMS", "SPMS", "PPMS"] * 4}).to_parquet(slices / "manifest.parquet")
+    for metric in ("mode_discovery", "quality"):
+        out = tmp_path / "eval" / f"{metric}.json"
+        argv = ["evaluate", "--metric", metric, "--config", str(_write_yaml(tmp_path, cfg)), "--network", str(tmp_path / "network.pt"),
+                "--classifier", str(tmp_path / "model.pt"), "--slices", str(slices), "--out", str(out), "--device", "cpu"]
+        assert main(argv) == 0
+        doc = json.loads(out.read_text())
+        assert doc["arch"] == "gmmgan2" and doc["metric"] == metric
+    assert set(doc["results"]["fid"]) == {"generated_vs_real", "generated_vs_real_matched", "real_vs_real"}
+    md = json.loads((tmp_path / "eval" / "mode_discovery.json").read_text())
+    assert {"sex", "ms_type", "healthy_vs_ms", "slice_tercile"} <= set(md["results"]["nmi"])
+    assert (tmp_path / "eval" / "components.png").exists()
+
+
+def _write_yaml(tmp_path, cfg):
+    import yaml
+
+    from brainlatent.config import plain
+
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(plain(cfg)))
+    return path

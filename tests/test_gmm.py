@@ -289,7 +289,8 @@ def test_mode_discovery_metric_end_to_end(finished_run, slices_dir, tmp_path):
     cfg = load_config({"attributes": specs, "evaluate": {"mode_discovery": {"num_per_component": 4, "interpolation_paths": 2, "interpolation_steps": 4, "kmeans_restarts": 2}}})
     res = get_metric("mode_discovery").fn(MetricContext(cfg, net, features, specs, 5, "cpu", slices_dir, tmp_path))
     assert set(res.results["nmi"]) == {"sex", "ms_type", "healthy_vs_ms", "slice_tercile"}
-    assert all(0.0 <= v["gmm"] <= 1.0 and 0.0 <= v["kmeans"] <= 1.0 for v in res.results["nmi"].values())
+    assert all(0.0 <= v[m] <= 1.0 for v in res.results["nmi"].values() for m in ("gmm", "kmeans", "kmeans_pixels"))
+    assert res.results["nmi"]["sex"]["kmeans_pixels"] == pytest.approx(1.0)  # two ellipse sizes = sex in the stand-in
     assert set(res.results["component_recovery"]) == {"0", "1"} and (tmp_path / "components.png").exists()
     assert res.extra["discovered"] in res.results["nmi"]
 

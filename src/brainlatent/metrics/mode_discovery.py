@@ -10,7 +10,9 @@ On the real **test** slices:
   subject; skipped with a note when neither exists).
 * The same scores for the **K-means baseline**: K clusters (``n_init`` restarts, seeded) of the study
   classifier's penultimate features of the same slices. The question it answers: does the GAN add
-  anything over clustering features that already know the attributes?
+  anything over clustering features that already know the attributes? And for ``kmeans_pixels``:
+  K-means on the first 20 principal components of the pixels, a baseline that needs no classifier
+  (useful when the classifier is weak).
 * ``discovered``: the factor with the highest NMI (clinical or nuisance); ``discovered_attribute``:
   the classifier head with the highest NMI, used below.
 
@@ -150,6 +152,16 @@ def spearman_along(probs: np.ndarray) -> np.ndarray:
     return np.asarray(out, dtype=float)
 
 
+def kmeans_pixels(images: np.ndarray, k: int, restarts: int, seed: int, components: int = 20) -> np.ndarray:
+    """A classifier-free baseline: K-means on the first ``components`` principal components of the pixels (``N × 1 × R × R``)."""
+    from sklearn.cluster import KMeans
+    from sklearn.decomposition import PCA
+
+    x = np.asarray(images, dtype=np.float64).reshape(len(images), -1)
+    x = PCA(n_components=min(components, len(x) - 1, x.shape[1]), random_state=seed).fit_transform(x)
+    return KMeans(n_clusters=k, n_init=restarts, random_state=seed).fit_predict(x)
+
+
 # --------------------------------------------------------------------------------------------
 # The metric
 
@@ -193,11 +205,14 @@ def mode_discovery(ctx: MetricContext) -> MetricResult:
     seg = seg.numpy()
     feats = torch.as_tensor(ctx.features.embed(torch.from_numpy(images).to(ctx.device), bs)).double().cpu().numpy()
     km = KMeans(n_clusters=k, n_init=int(p["kmeans_restarts"]), random_state=derive_seed(ctx.seed, "kmeans") % (2**31)).fit_predict(feats)
+    km_pix = kmeans_pixels(images, k, int(p["kmeans_restarts"]), derive_seed(ctx.seed, "kmeans_pixels") % (2**31))
     facs, notes = factors(manifest, ctx.cfg["attributes"], p["healthy_level"], Path(ctx.slices))
-    scores = {name: {"gmm": cluster_scores(seg, v), "kmeans": cluster_scores(km, v)} for name, v in facs.items()}
+    methods = ("gmm", "kmeans", "kmeans_pixels")
+    scores = {name: {"gmm": cluster_scores(seg, v), "kmeans": cluster_scores(km, v), "kmeans_pixels": cluster_scores(km_pix, v)}
+              for name, v in facs.items()}
     results: dict = {
-        "nmi": {n: {m: s[m]["nmi"] for m in ("gmm", "kmeans")} for n, s in scores.items()},
-        "ari": {n: {m: s[m]["ari"] for m in ("gmm", "kmeans")} for n, s in scores.items()},
+        "nmi": {n: {m: s[m]["nmi"] for m in methods} for n, s in scores.items()},
+        "ari": {n: {m: s[m]["ari"] for m in methods} for n, s in scores.items()},
         "segment_share": {str(c): float((seg == c).mean()) for c in range(k)},
         "pi": {str(c): float(net.prior.pi[c]) for c in range(k)},
     }
@@ -258,6 +273,7 @@ def mode_discovery(ctx: MetricContext) -> MetricResult:
         "split": "test", "n_test": len(images), "components": k, "factors": list(facs),
         "nmi": "sklearn normalized_mutual_info_score (arithmetic)", "ari": "sklearn adjusted_rand_score",
         "kmeans": f"sklearn KMeans(n_clusters={k}, n_init={p['kmeans_restarts']}) on the classifier's penultimate features",
+        "kmeans_pixels": "the same K-means on the first 20 principal components of the pixels (no classifier)",
         "slice_tercile": "rank of the slice among its scan's slices, in thirds", "healthy_level": p["healthy_level"],
         **{key: p[key] for key in ("num_per_component", "calibration_bins", "interpolation_paths", "interpolation_steps")},
     }

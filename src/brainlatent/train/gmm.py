@@ -148,12 +148,13 @@ def check_collapse(pi: torch.Tensor, nimg: int, gcfg: dict, arch: str, z_dim: in
     if top > float(guard["max_pi"]):
         k = len(pi)
         h = float(-(pi * torch.log(pi.clamp_min(1e-12))).sum())
+        options = ["gmm.mixture.classifier_adversarial: false (stop the adversarial gradient into C)"] if gcfg["mixture"]["classifier_adversarial"] else []
+        options += ["a larger gmm.mixture.mi_weight", "fewer components", "a higher max_pi (1 disables the guard)"]
         raise BrainlatentError(
             f"{arch}-z{z_dim}: mixture collapse at kimg {nimg / 1000:.3f}: π = {[round(float(p), 3) for p in pi]} "
             f"(max π_k {top:.3f} > gmm.mixture.collapse.max_pi {guard['max_pi']} after the {guard['warmup_kimg']} kimg warm-up); "
             f"entropy of π {h:.3f} nats (uniform {uniform_entropy(k):.3f}), mean responsibility entropy {resp_entropy:.3f}. "
-            "No network.pt was written. Options: gmm.mixture.classifier_adversarial: false (stop the adversarial "
-            "gradient into C), a larger gmm.mixture.mi_weight, fewer components, or a higher max_pi (1 disables the guard)."
+            "No network.pt was written. Options: " + ", ".join(options) + "."
         )
 
 

@@ -292,7 +292,16 @@ def test_mode_discovery_metric_end_to_end(finished_run, slices_dir, tmp_path):
     assert all(0.0 <= v[m] <= 1.0 for v in res.results["nmi"].values() for m in ("gmm", "kmeans", "kmeans_pixels"))
     assert res.results["nmi"]["sex"]["kmeans_pixels"] == pytest.approx(1.0)  # two ellipse sizes = sex in the stand-in
     assert set(res.results["component_recovery"]) == {"0", "1"} and (tmp_path / "components.png").exists()
-    assert res.extra["discovered"] in res.results["nmi"]
+    assert res.extra["discovered"] is None or res.extra["discovered"] in res.results["nmi"]
+
+
+def test_best_factor_is_none_without_any_information():
+    from brainlatent.metrics.mode_discovery import best_factor
+
+    scores = {"sex": {"gmm": {"nmi": 0.0}}, "site": {"gmm": {"nmi": 0.0}}}
+    assert best_factor(scores, ["sex", "site"]) is None
+    scores["site"]["gmm"]["nmi"] = 0.4
+    assert best_factor(scores, ["sex", "site"]) == "site" and best_factor(scores, ["sex"]) is None
 
 
 def test_evaluate_cli_runs_mode_discovery_and_quality_on_a_gmmgan(tmp_path):

@@ -141,6 +141,12 @@ def majority_map(labels: np.ndarray, truth: pd.Series, k: int) -> dict[int, str]
     return {int(c): str(g["t"].astype(str).mode().iloc[0]) for c, g in df.groupby("c") if int(c) < k}
 
 
+def best_factor(scores: dict, names: list[str]) -> str | None:
+    """The factor among ``names`` with the highest NMI of C's segmentation; None when none is above 0."""
+    ranked = [(scores[n]["gmm"]["nmi"], n) for n in names if np.isfinite(scores[n]["gmm"]["nmi"]) and scores[n]["gmm"]["nmi"] > 1e-12]
+    return max(ranked)[1] if ranked else None
+
+
 def spearman_along(probs: np.ndarray) -> np.ndarray:
     """Spearman ρ between the step index and each path's values (``paths × steps``); NaN for a constant path."""
     from scipy.stats import spearmanr
@@ -218,9 +224,10 @@ def mode_discovery(ctx: MetricContext) -> MetricResult:
     }
     if len(set(seg.tolist())) == 1:
         notes.append(f"C assigns every test slice to component {int(seg[0])}: NMI/ARI are 0 by construction")
-    discovered = max(scores, key=lambda n: np.nan_to_num(scores[n]["gmm"]["nmi"], nan=-1.0)) if scores else None
-    heads = [s["name"] for s in ctx.specs if s.get("kind") == "categorical" and s["name"] in facs]
-    attr = max(heads, key=lambda n: np.nan_to_num(scores[n]["gmm"]["nmi"], nan=-1.0)) if heads else None
+    discovered = best_factor(scores, list(scores))
+    attr = best_factor(scores, [s["name"] for s in ctx.specs if s.get("kind") == "categorical" and s["name"] in facs])
+    if discovered is None:
+        notes.append("no factor has NMI > 0 with C's segmentation: nothing discovered")
 
     # generated images, per component
     n_per = int(p["num_per_component"])
@@ -266,7 +273,7 @@ def mode_discovery(ctx: MetricContext) -> MetricResult:
         else:
             notes.append(f"interpolation: no two components map to different {attr} classes; monotonicity not measured")
     else:
-        notes.append("calibration and interpolation: no categorical classifier head among the factors; skipped")
+        notes.append("calibration and interpolation: no categorical classifier head has NMI > 0 with C's segmentation; skipped")
     if ctx.out_dir is not None:
         _pictures(net, ctx.out_dir, ctx.seed)
     settings = {

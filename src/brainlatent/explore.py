@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from brainlatent.images import save_gif, save_strip, to_uint8
-from brainlatent.latents import render_path, sample_labels, sample_noise
+from brainlatent.latents import render_path, sample_labels, sample_noise, sample_z
 
 
 @torch.no_grad()
@@ -26,7 +26,7 @@ def interpolation_frames(
     A generator without a mapping network has W = Z, so its "w" interpolation is the "z" one.
     """
     rng = torch.Generator(device="cpu").manual_seed(int(seed))
-    z = torch.randn((2, generator.z_dim), generator=rng).to(device)
+    z = sample_z(generator, 2, rng).to(device)
     noise = [n.to(device) for n in sample_noise(generator, 1, rng)]
     c = sample_labels(generator, 1, rng)
     if space == "w" and not generator.has_mapping:

@@ -4,7 +4,8 @@ Every metric and picture draws through here, so an image is a function of (netwo
 layout) alone. Any family's network follows the protocol of :mod:`brainlatent.models.families`:
 ``z_dim``, ``c_dim`` (0 = unconditional), ``has_mapping``, ``mapping(z)`` or ``mapping(z, c)``,
 ``synthesis(w, noise)``, ``noise_shapes()`` and, for conditional families, ``sample_labels(n, rng)``
-(labels drawn from the training table's joint distribution).
+(labels drawn from the training table's joint distribution). A family whose prior is not N(0, I)
+(the learned mixture of ``gmmgan``) has ``sample_z(n, rng) -> n x z_dim``; :func:`sample_z` uses it.
 
 Example:
     >>> from brainlatent.models.stylegan import Generator
@@ -73,6 +74,14 @@ def sample_noise(generator, n: int, rng: torch.Generator) -> list[torch.Tensor]:
     return [torch.randn((n, *tuple(shape[1:])), generator=rng) for shape in generator.noise_shapes()]
 
 
+def sample_z(generator, n: int, rng: torch.Generator, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``n x z_dim`` latents from the family's prior: ``generator.sample_z(n, rng)`` when it has one, else N(0, I)."""
+    own = getattr(generator, "sample_z", None)
+    if own is not None:
+        return own(n, rng).cpu().to(dtype)
+    return torch.randn((n, generator.z_dim), generator=rng, dtype=dtype)
+
+
 def sample_labels(generator, n: int, rng: torch.Generator) -> torch.Tensor | None:
     """``n x c_dim`` labels from the family's label distribution; ``None`` for an unconditional family."""
     if not getattr(generator, "c_dim", 0):
@@ -105,15 +114,16 @@ def batches(
     labels: torch.Tensor | None = None,
     desc: str = "samples",
 ) -> Iterator[Batch]:
-    """``n`` images in batches, z ~ N(0, I), random noise, labels drawn (or ``labels`` given), no truncation.
+    """``n`` images in batches, z from the prior, random noise, labels drawn (or ``labels`` given), no truncation.
 
-    Draw order per batch from one CPU generator seeded with ``seed``: z, labels, noise.
+    Draw order per batch from one CPU generator seeded with ``seed``: z (:func:`sample_z`: N(0, I), or
+    the family's own ``sample_z`` draws, e.g. the mixture's components then its normals), labels, noise.
     """
     rng = torch.Generator(device="cpu").manual_seed(int(seed))
     n_batches = math.ceil(n / batch_size)
     for b in progress(range(n_batches), n_batches, desc):
         m = min(batch_size, n - b * batch_size)
-        z = torch.randn((m, generator.z_dim), generator=rng)
+        z = sample_z(generator, m, rng)
         c = labels[b * batch_size: b * batch_size + m] if labels is not None else sample_labels(generator, m, rng)
         noise = [x.to(device) for x in sample_noise(generator, m, rng)]
         z, c = z.to(device), (c.to(device) if c is not None else None)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from brainlatent.errors import BrainlatentError
-from brainlatent.latents import render_path, sample_labels, sample_noise
+from brainlatent.latents import render_path, sample_labels, sample_noise, sample_z
 from brainlatent.progress import progress
 
 EmbedFn = Callable[[torch.Tensor], torch.Tensor | np.ndarray]
@@ -92,7 +92,7 @@ def path_profile(
     spaces = ["z", "w"] if generator.has_mapping else ["z"]
     curves = {s: np.zeros((pairs, steps)) for s in spaces}
     for k in progress(range(pairs), pairs, "path profile"):
-        z = torch.randn((2, generator.z_dim), generator=rng).to(device)
+        z = sample_z(generator, 2, rng).to(device)
         noise = [n.to(device) for n in sample_noise(generator, 1, rng)]
         c = sample_labels(generator, 1, rng)
         c = c.to(device) if c is not None else None

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from brainlatent.errors import BrainlatentError
-from brainlatent.latents import lerp, sample_labels, slerp, to_w
+from brainlatent.latents import lerp, sample_labels, sample_z, slerp, to_w
 from brainlatent.progress import progress
 
 log = logging.getLogger(__name__)
@@ -160,7 +160,7 @@ def ppl_distances(
     n_batches = math.ceil(num_samples / batch_size)
     for b in progress(range(n_batches), n_batches, f"ppl {space}_{sampling}"):
         n = min(batch_size, num_samples - b * batch_size)
-        z = torch.randn((2 * n, generator.z_dim), generator=rng, dtype=torch.float64)
+        z = sample_z(generator, 2 * n, rng, dtype=torch.float64)  # the family's prior (N(0, I) unless it has its own)
         t = torch.rand((n,), generator=rng, dtype=torch.float64) * (1.0 if sampling == "full" else 0.0)
         noise = [x.to(device) for x in pair_noise(generator, n, rng)]
         c = sample_labels(generator, n, rng)  # conditional families: one label per pair, shared by its images

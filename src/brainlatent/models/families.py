@@ -143,3 +143,29 @@ register_family(GeneratorFamily(
     stage_keys=_UNCONDITIONAL_GAN_KEYS,
     description="the StyleGAN synthesis network fed z directly (W = Z), WGAN-GP",
 ))
+
+# seed 002: the mixture-prior GAN (K from gmm.components, or from the name: gmmgan2 ... gmmgan5, so
+# that one study can hold several K) and the plain GAN of the same networks
+_GMM_TRAIN = "brainlatent.train.gmm:train_gmmgan"
+_GMM_LOAD = "brainlatent.models.gmm:load_network"
+_GMM_METRICS = COMMON_METRICS + ("mode_discovery",)
+#: the K a gmmgan<K> family may carry in its name
+GMM_NAMED_COMPONENTS = (2, 3, 4, 5)
+
+register_family(GeneratorFamily(
+    name="dcgan", label="DCGAN (seed 002's networks, N(0, I) prior)", spaces=("z",),
+    train="brainlatent.train.gmm:train_dcgan", load=_GMM_LOAD,
+    stage_keys=("seed", "gmm", "-gmm.components", "-gmm.mixture"),
+    description="seed 002's DCGAN generator and discriminator without the learned prior or C: the plain-GAN baseline",
+))
+register_family(GeneratorFamily(
+    name="gmmgan", label="GM-prior GAN (K = gmm.components)", spaces=("z",),
+    train=_GMM_TRAIN, load=_GMM_LOAD, stage_keys=("seed", "gmm"), metrics=_GMM_METRICS,
+    description="learned Gaussian-mixture prior, one fake per component per real, responsibility classifier C (seed 002)",
+))
+for _k in GMM_NAMED_COMPONENTS:
+    register_family(GeneratorFamily(
+        name=f"gmmgan{_k}", label=f"GM-prior GAN (K = {_k})", spaces=("z",),
+        train=_GMM_TRAIN, load=_GMM_LOAD, stage_keys=("seed", "gmm", "-gmm.components"), metrics=_GMM_METRICS,
+        description=f"seed 002 with K = {_k} mixture components",
+    ))

@@ -54,7 +54,7 @@ from brainlatent import __version__, io
 from brainlatent.config import config_hash, load_stage_config
 from brainlatent.errors import BrainlatentError
 from brainlatent.models.families import families, model_id, parse_model_id
-from brainlatent.report import figures
+from brainlatent.report import figures, mixture_prior
 from brainlatent.report.templating import page, render
 from brainlatent.report.primitives import (  # noqa: F401 - the primitives every section uses
     Cell,
@@ -1141,6 +1141,11 @@ def register_section(new: ReportSection, before: str = "provenance") -> ReportSe
     index = next((i for i, s in enumerate(SECTIONS) if s.sid == before), len(SECTIONS))
     SECTIONS.insert(index, new)
     return new
+
+
+# the families' sections: a template plus a small context function each
+register_section(ReportSection("mixture-prior", "Mixture-prior GAN: modes of the cohort", template="sections/mixture_prior.html.j2",
+                               context=mixture_prior.context, families=mixture_prior.FAMILIES))
 
 
 def _guarded(name: str, fn: Callable[[], str]) -> str:

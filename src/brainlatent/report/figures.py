@@ -144,7 +144,8 @@ def gan_training_curves(log: Mapping[str, Sequence[float]], title: str) -> bytes
         ax.set_title(name, fontsize=10)
         ax.grid(alpha=0.3)
         ax.tick_params(labelsize=8)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:  # a family that logs none of this panel's columns
+            ax.legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return to_png(fig)
@@ -191,5 +192,21 @@ def path_profiles(
         ax.legend(fontsize=7)
     if title:
         fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return to_png(fig)
+
+
+def line_plot(x: Sequence[float], series: Mapping[str, Sequence[float]], xlabel: str, ylabel: str, title: str) -> bytes:
+    """One panel: every series against ``x`` (e.g. each mixture weight against kimg)."""
+    fig = _figure(6, 2.8)
+    ax = fig.subplots(1, 1)
+    for label, values in series.items():
+        ax.plot(np.asarray(x, dtype=float), np.asarray(values, dtype=float), label=label)
+    ax.set_xlabel(xlabel, fontsize=8)
+    ax.set_ylabel(ylabel, fontsize=8)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.tick_params(labelsize=8)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     return to_png(fig)

@@ -143,3 +143,19 @@ register_family(GeneratorFamily(
     stage_keys=_UNCONDITIONAL_GAN_KEYS,
     description="the StyleGAN synthesis network fed z directly (W = Z), WGAN-GP",
 ))
+
+_CONDITIONAL_METRICS = COMMON_METRICS + ("attribute_control",)
+
+register_family(GeneratorFamily(
+    name="cwgan", label="Conditional WGAN-GP (seed 004)", spaces=("z",),
+    train="brainlatent.train.conditional:train_conditional", load="brainlatent.models.cwgan:load_generator",
+    stage_keys=("seed", "attributes", "cwgan"), metrics=_CONDITIONAL_METRICS, conditional=True,
+    description="DCGAN generator on z ⊕ y, patch critic with y tiled as input planes, WGAN-GP (Fabbri 2018)",
+))
+register_family(GeneratorFamily(
+    name="cstylegan", label="Conditional StyleGAN", spaces=("z", "w"),
+    train="brainlatent.train.conditional:train_conditional", load="brainlatent.models.cstylegan:load_generator",
+    stage_keys=("seed", "attributes", "gan", "-gan.archs", "-gan.latent_sizes"), metrics=_CONDITIONAL_METRICS,
+    conditional=True,
+    description="StyleGAN synthesis, label embedded and concatenated with z at the mapping input; projection critic, WGAN-GP",
+))

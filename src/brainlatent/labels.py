@@ -281,6 +281,14 @@ class LabelTable:
             raise BrainlatentError(f"label {name}={value!r}: no training slice has it, so p(others | {name}={value}) is unknown")
         return rows
 
+    def has(self, name: str, value) -> bool:
+        """Whether some training row has ``name = value`` (always true for a numeric value)."""
+        try:
+            self.matching(name, value)
+        except BrainlatentError:
+            return False
+        return True
+
     def consistent(self, y: torch.Tensor, name: str, value, rng: torch.Generator) -> torch.Tensor:
         """``y`` with ``name`` set to ``value`` and every other attribute resampled from p(others | value).
 

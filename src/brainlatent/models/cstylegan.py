@@ -22,7 +22,11 @@ import torch
 from brainlatent.models.discriminator import Discriminator
 from brainlatent.models.labelled import LabelledNetwork, load_network
 from brainlatent.models.layers import FullyConnectedLayer, assert_shape, channels_at
-from brainlatent.models.stylegan import MappingNetwork, SynthesisNetwork, normalize_2nd_moment
+from brainlatent.models.stylegan import (
+    MappingNetwork,
+    SynthesisNetwork,
+    normalize_2nd_moment,
+)
 
 ARCH = "cstylegan"
 

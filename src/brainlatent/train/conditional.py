@@ -46,7 +46,15 @@ from brainlatent.train.checkpoint import (
     resume_matching,
     save_checkpoint,
 )
-from brainlatent.train.common import SigtermFlag, TrainImages, TrainingInterrupted, ema_beta, ema_update, every_nimg, kimg_name
+from brainlatent.train.common import (
+    SigtermFlag,
+    TrainImages,
+    TrainingInterrupted,
+    ema_beta,
+    ema_update,
+    every_nimg,
+    kimg_name,
+)
 from brainlatent.train.gan import RESUMABLE_CHANGES, _append_log, _empty_log, _trim_log
 from brainlatent.train.losses import critic_loss, generator_loss
 

@@ -261,6 +261,7 @@ def test_registry_entries():
         assert fams[name].conditional and fams[name].spaces == spaces and "attribute_control" in fams[name].metrics
     view = stage_view(load_config({}), "train:cwgan")
     assert sorted(view) == ["attributes", "cwgan", "seed"]
+    assert all("bins" not in a for a in view["attributes"])  # new classifier bins do not retrain a generator
     assert view["cwgan"]["critic_steps"] == 5 and view["cwgan"]["betas"] == [0.0, 0.9] and view["cwgan"]["lr"] == 1e-4
 
 

@@ -145,17 +145,19 @@ register_family(GeneratorFamily(
 ))
 
 _CONDITIONAL_METRICS = COMMON_METRICS + ("attribute_control",)
+#: the label vector needs each attribute's name, kind and levels (not the classifier's bins)
+_LABEL_KEYS = ("attributes[].name", "attributes[].kind", "attributes[].levels")
 
 register_family(GeneratorFamily(
     name="cwgan", label="Conditional WGAN-GP (seed 004)", spaces=("z",),
     train="brainlatent.train.conditional:train_conditional", load="brainlatent.models.cwgan:load_generator",
-    stage_keys=("seed", "attributes", "cwgan"), metrics=_CONDITIONAL_METRICS, conditional=True,
+    stage_keys=("seed", *_LABEL_KEYS, "cwgan"), metrics=_CONDITIONAL_METRICS, conditional=True,
     description="DCGAN generator on z ⊕ y, patch critic with y tiled as input planes, WGAN-GP (Fabbri 2018)",
 ))
 register_family(GeneratorFamily(
     name="cstylegan", label="Conditional StyleGAN", spaces=("z", "w"),
     train="brainlatent.train.conditional:train_conditional", load="brainlatent.models.cstylegan:load_generator",
-    stage_keys=("seed", "attributes", "gan", "-gan.archs", "-gan.latent_sizes"), metrics=_CONDITIONAL_METRICS,
+    stage_keys=("seed", *_LABEL_KEYS, "gan", "-gan.archs", "-gan.latent_sizes"), metrics=_CONDITIONAL_METRICS,
     conditional=True,
     description="StyleGAN synthesis, label embedded and concatenated with z at the mapping input; projection critic, WGAN-GP",
 ))

@@ -361,29 +361,29 @@ def control_ctx(G, enc, slices, tmp_path) -> MetricContext:
 def test_attribute_control_closed_form_on_a_perfect_standin(standin, tmp_path):
     enc, table, slices = standin
     r = attribute_control(control_ctx(StandInGenerator(enc, table), enc, slices, tmp_path)).results
-    assert r["sex_accuracy"] == 1 and r["sex_balanced_accuracy"] == 1
-    assert r["age_mae"] == pytest.approx(0, abs=1e-3) and r["age_mae_bins"] == 0
-    assert r["sex_real_accuracy"] == 0.75 and r["age_real_mae"] == pytest.approx(6, abs=1e-3)
-    assert r["sex_vs_real"] == pytest.approx(1 / 0.75) and r["age_vs_real"] == pytest.approx(0, abs=1e-3)
+    assert r["sex"]["accuracy"] == 1 and r["sex"]["balanced_accuracy"] == 1
+    assert r["age"]["mae"] == pytest.approx(0, abs=1e-3) and r["age"]["mae_bins"] == 0
+    assert r["sex"]["real_accuracy"] == 0.75 and r["age"]["real_mae"] == pytest.approx(6, abs=1e-3)
+    assert r["sex"]["vs_real"] == pytest.approx(1 / 0.75) and r["age"]["vs_real"] == pytest.approx(0, abs=1e-3)
     for name in ("age", "sex"):
         for mode in ("single", "consistent"):
-            assert r[f"swap_{name}_{mode}_hit"] == 1
-    assert r["swap_age_single_mae"] == pytest.approx(0, abs=1e-3)
-    assert r["leak_sex_age"] == pytest.approx(0, abs=1e-4) and r["leak_age_sex"] == 0
-    assert r["leak_sex_age_ratio"] == pytest.approx(0, abs=1e-4) and r["leak_age_sex_ratio"] == 0
+            assert r[name][f"swap_{mode}_hit"] == 1
+    assert r["age"]["swap_single_mae"] == pytest.approx(0, abs=1e-3)
+    assert r["sex"]["leak_age"] == pytest.approx(0, abs=1e-4) and r["age"]["leak_sex"] == 0
+    assert r["sex"]["leak_age_ratio"] == pytest.approx(0, abs=1e-4) and r["age"]["leak_sex_ratio"] == 0
     # a sex swap moves two pixels by 1 (distance 2/64); two random z move four pixels by N(0, 2) each
     # (distance chi2_4 * 2 / 64): ratio 2 / (2 * 4) = 0.25, kept when chi2_4 > 1 (p = 0.910)
-    assert r["identity_sex_ratio"] == pytest.approx(0.25, rel=0.15)
-    assert r["identity_sex_kept"] == pytest.approx(0.910, abs=0.06)
-    assert r["monotonic_age_rho"] == pytest.approx(1) and r["monotonic_age_share_0.9"] == 1
+    assert r["sex"]["identity_ratio"] == pytest.approx(0.25, rel=0.15)
+    assert r["sex"]["identity_kept"] == pytest.approx(0.910, abs=0.06)
+    assert r["age"]["monotonic_rho"] == pytest.approx(1) and r["age"]["monotonic_share"] == 1
     assert (tmp_path / "swap-sex-single.png").exists() and (tmp_path / "ypath-age.png").exists()
 
 
 def test_attribute_control_closed_form_on_a_reversed_standin(standin, tmp_path):
     enc, table, slices = standin
     r = attribute_control(control_ctx(StandInGenerator(enc, table, flip=True), enc, slices, tmp_path)).results
-    assert r["sex_accuracy"] == 0 and r["swap_sex_single_hit"] == 0
-    assert r["monotonic_age_rho"] == pytest.approx(-1) and r["monotonic_age_share_0.9"] == 0
+    assert r["sex"]["accuracy"] == 0 and r["sex"]["swap_single_hit"] == 0
+    assert r["age"]["monotonic_rho"] == pytest.approx(-1) and r["age"]["monotonic_share"] == 0
 
 
 def test_spearman_and_render_shapes():

@@ -6,27 +6,29 @@ network and a head of the classifier are scored. For a numeric head the predicti
 expected value over its bins (``sum_k p_k · centre_k``, in the attribute's units) and its bin is the
 most probable one; a requested number's bin follows :func:`brainlatent.attributes.encode`.
 
-* **control** (``<a>_accuracy``, ``<a>_balanced_accuracy`` or ``<a>_mae``, ``<a>_mae_bins``):
+Results are keyed ``results[<attribute>][<measure>]`` (``aggregate``: variant = attribute).
+
+* **control** (``accuracy``, ``balanced_accuracy`` or ``mae``, ``mae_bins``):
   ``num_labels`` label vectors from the test split's label table (the network's training table
   when no slices are given), ``z_per_label`` latents each. Beside each the same score of the
-  classifier on the real test slices against their true labels (``<a>_real_...``: the ceiling) and
-  ``<a>_vs_real`` (generated / real: accuracy ratio, or MAE ratio).
-* **swap** (``swap_<a>_<mode>_hit``; numeric also ``_mae``): ``swap_samples`` (z, y) held, attribute
+  classifier on the real test slices against their true labels (``real_...``: the ceiling) and
+  ``vs_real`` (generated / real: accuracy ratio, or MAE ratio).
+* **swap** (``swap_<mode>_hit``; numeric also ``swap_<mode>_mae``): ``swap_samples`` (z, y) held, attribute
   ``a`` set to a target (another level drawn uniformly among those the training table has; a numeric
   value to the training range's 10 % point if it was above the middle, else its 90 % point), ``mode``
   ``single`` (others held) or ``consistent`` (others resampled from p(others | target)).
   ``hit`` = the predicted class (bin) is the target's.
-* **leakage** (single swaps): ``leak_<a>_<h>`` = mean change of held head ``h``'s prediction
+* **leakage** (single swaps of ``a``): ``leak_<h>`` = mean change of held head ``h``'s prediction
   (numeric: |Δ expected value|; categorical: share whose predicted class changed), and
-  ``leak_<a>_<h>_ratio`` = that over the classifier's real-test MAE (or error rate) for ``h``:
+  ``leak_<h>_ratio`` = that over the classifier's real-test MAE (or error rate) for ``h``:
   below 1 means the swap moves ``h`` less than the classifier's own error.
-* **identity** (single swaps): ``identity_<a>_ratio`` = mean classifier-feature distance between
+* **identity** (single swaps): ``identity_ratio`` = mean classifier-feature distance between
   the swapped and the original image over the mean distance between two images of random z with
-  the same (swapped) y; ``identity_<a>_kept`` = share of pairs where the swap is the closer one.
+  the same (swapped) y; ``identity_kept`` = share of pairs where the swap is the closer one.
 * **monotonicity** (numeric labels): ``interpolation_z`` latents with labels from the table; the
   attribute's scaled value walks 0 → 1 in ``interpolation_steps`` steps (others held); Spearman ρ
-  of the predicted value against the step, ``monotonic_<a>_rho`` = mean over z (a constant
-  prediction counts ρ = 0), ``monotonic_<a>_share_0.9`` = share with ρ ≥ 0.9.
+  of the predicted value against the step, ``monotonic_rho`` = mean over z (a constant
+  prediction counts ρ = 0), ``monotonic_share`` = share with ρ ≥ 0.9.
 
 Noise maps (cstylegan) are held per z, so a swap or a path changes only y.
 """
@@ -157,7 +159,7 @@ def attribute_control(ctx: MetricContext) -> MetricResult:
     if not heads:
         raise BrainlatentError(f"attribute_control: no classifier head {[sp['name'] for sp in ctx.specs]} is a label of the network ({G.labels.names})")
     rng = torch.Generator().manual_seed(int(ctx.seed))
-    results: dict[str, float] = {}
+    results: dict[str, dict[str, float]] = {sp["name"]: {} for sp in heads}
 
     def predict(images: torch.Tensor) -> dict[str, torch.Tensor]:
         return features.predict_proba(images, batch_size=bs)
@@ -173,15 +175,15 @@ def attribute_control(ctx: MetricContext) -> MetricResult:
     for sp in heads:
         name = sp["name"]
         for k, v in score(sp, probs[name], *requested_values(G.labels, name, c)).items():
-            results[f"{name}_{k}"] = v
+            results[name][k] = v
         if real_probs is None:
             continue
         real_scores = score(sp, real_probs[name], *requested_values(G.labels, name, test_y))
         for k, v in real_scores.items():
-            results[f"{name}_real_{k}"] = v
+            results[name][f"real_{k}"] = v
         key = "mae" if sp["kind"] == "numeric" else "accuracy"
-        if key in real_scores and real_scores[key] > 0 and f"{name}_{key}" in results:
-            results[f"{name}_vs_real"] = results[f"{name}_{key}"] / real_scores[key]
+        if key in real_scores and real_scores[key] > 0 and key in results[name]:
+            results[name]["vs_real"] = results[name][key] / real_scores[key]
         if key in real_scores:
             real_err[name] = real_scores[key] if key == "mae" else 1.0 - real_scores[key]
     if real is None:
@@ -203,9 +205,9 @@ def attribute_control(ctx: MetricContext) -> MetricResult:
             ps = predict(img)
             sc = score(sp, ps[name], np.asarray(targets, dtype=object), np.ones(n_sw, bool))
             idx, _ = head_prediction(sp, ps[name])
-            results[f"swap_{name}_{mode}_hit"] = float((idx == encode(sp, targets)).mean())
+            results[name][f"swap_{mode}_hit"] = float((idx == encode(sp, targets)).mean())
             if sp["kind"] == "numeric":
-                results[f"swap_{name}_{mode}_mae"] = sc["mae"]
+                results[name][f"swap_{mode}_mae"] = sc["mae"]
             if mode != "single":
                 continue
             for held in heads:
@@ -215,14 +217,14 @@ def attribute_control(ctx: MetricContext) -> MetricResult:
                 i0, v0 = head_prediction(held, p0[h])
                 i1, v1 = head_prediction(held, ps[h])
                 change = float(np.abs(v1 - v0).mean()) if held["kind"] == "numeric" else float((i1 != i0).mean())
-                results[f"leak_{name}_{h}"] = change
+                results[name][f"leak_{h}"] = change
                 if real_err.get(h, 0) > 0:
-                    results[f"leak_{name}_{h}_ratio"] = change / real_err[h]
+                    results[name][f"leak_{h}_ratio"] = change / real_err[h]
             d_swap = features.distance(img0, img, batch_size=bs).double()
             d_rand = features.distance(img, render(G, z1, cs, noise1, bs), batch_size=bs).double()
             if float(d_rand.mean()) > 0:
-                results[f"identity_{name}_ratio"] = float(d_swap.mean() / d_rand.mean())
-            results[f"identity_{name}_kept"] = float((d_swap < d_rand).double().mean())
+                results[name]["identity_ratio"] = float(d_swap.mean() / d_rand.mean())
+            results[name]["identity_kept"] = float((d_swap < d_rand).double().mean())
 
     # interpolation monotonicity
     n_z, steps = int(s["interpolation_z"]), int(s["interpolation_steps"])
@@ -239,8 +241,8 @@ def attribute_control(ctx: MetricContext) -> MetricResult:
         nb = [x.repeat_interleave(steps, dim=0) for x in fixed_noise(G, n_z, rng)]
         _, value = head_prediction(sp, predict(render(G, zb, cb, nb, bs))[name])
         rhos = np.array([spearman(np.arange(steps), row) for row in value.reshape(n_z, steps)])
-        results[f"monotonic_{name}_rho"] = float(rhos.mean())
-        results[f"monotonic_{name}_share_0.9"] = float((rhos >= 0.9).mean())
+        results[name]["monotonic_rho"] = float(rhos.mean())
+        results[name]["monotonic_share"] = float((rhos >= 0.9).mean())
 
     if ctx.out_dir is not None:
         edit_pictures(G, ctx.out_dir, int(ctx.seed))

@@ -157,7 +157,8 @@ def attribute_control(ctx: MetricContext) -> MetricResult:
     if skipped:
         notes.append(f"classifier heads without a label in the network, not scored: {skipped}")
     if not heads:
-        raise BrainlatentError(f"attribute_control: no classifier head {[sp['name'] for sp in ctx.specs]} is a label of the network ({G.labels.names})")
+        raise BrainlatentError(
+            f"attribute_control: no classifier head {[sp['name'] for sp in ctx.specs]} is a label of the network ({G.labels.names})")
     rng = torch.Generator().manual_seed(int(ctx.seed))
     results: dict[str, dict[str, float]] = {sp["name"]: {} for sp in heads}
 

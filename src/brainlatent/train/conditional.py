@@ -9,7 +9,8 @@ its labels from the training table (the joint label distribution).
 * ``cwgan`` (seed 004): settings from the ``cwgan`` config section (paper defaults: λ = 10,
   5 critic steps, Adam 1e-4, β = (0, 0.9), batch 64, N(0, I) prior); the saved generator is the
   raw one unless ``cwgan.ema_kimg`` > 0.
-* ``cstylegan``: settings from the ``gan`` section (the unconditional StyleGAN's), projection critic.
+* ``cstylegan``: settings from the ``gan`` section (the unconditional StyleGAN's), projection critic;
+  style mixing (``gan.style_mixing_prob``) is not applied.
 
 Run folder and resume policy as :mod:`brainlatent.train.gan`: ``options.json``, ``log.csv``,
 ``samples/``, ``checkpoints/`` (G, D, EMA, optimisers, counters, RNG, data order; resumed only with

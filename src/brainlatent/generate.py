@@ -9,9 +9,17 @@ running mean ``w_avg`` (``w_avg + psi (w - w_avg)``); ``--space z`` moves z towa
 (``psi z``). Only the mapping-free ``gan`` has a meaningful Z truncation (the StyleGAN mapping
 network normalises z, so scaling z changes nothing) and only StyleGAN has a W distinct from Z.
 
+A conditional network (``cwgan``, ``cstylegan``) also draws each seed's labels from that seed's
+generator, after z and noise: from the training table's joint label distribution, or with
+``--labels 'sex=F,edss=6'`` those values set and the other attributes drawn from p(others | first
+given value) of the training table (``slice=0.3`` sets the slice position). An unconditional
+network refuses ``--labels``.
+
 Example:
     brainlatent generate --network results/demo/gan/stylegan-z32/network.pt --seeds 0-15 \\
         --space w --truncation 0.7 --out grid.png
+    brainlatent generate --network results/conditional/gan/cwgan-z32/network.pt --seeds 0-7 \\
+        --labels 'sex=F,edss=6' --out edss6.png
 """
 
 from __future__ import annotations
@@ -23,7 +31,8 @@ import torch
 
 from brainlatent.errors import BrainlatentError
 from brainlatent.images import image_grid, save_png, to_uint8
-from brainlatent.models.stylegan import Generator, load_generator
+from brainlatent.labels import parse_labels
+from brainlatent.models.stylegan import Generator
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -55,14 +64,34 @@ def parse_seeds(text: str) -> list[int]:
 
 def seed_inputs(G: Generator, seeds: list[int], device: str | torch.device = "cpu") -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Per-seed latents ``N × z_dim`` and noise maps (one ``N × 1 × H × W`` tensor per noise layer)."""
-    zs, noises = [], []
+    z, noise, _ = seed_inputs_labelled(G, seeds, device)
+    return z, noise
+
+
+def seed_inputs_labelled(
+    G, seeds: list[int], device: str | torch.device = "cpu", labels: dict[str, str] | None = None,
+) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor | None]:
+    """Per-seed latents, noise maps and, for a conditional network, labels ``N × c_dim`` (else None).
+
+    Each seed's generator draws z, then its noise, then its labels (``labels`` set, the rest from
+    the training table).
+    """
+    conditional = bool(getattr(G, "c_dim", 0))
+    if labels and not conditional:
+        raise BrainlatentError(
+            f"--labels: the '{G.arch}' network is unconditional (it was trained without labels); "
+            "use a conditional family such as cwgan or cstylegan, or leave out --labels"
+        )
+    zs, noises, cs = [], [], []
     for seed in seeds:
         gen = torch.Generator().manual_seed(int(seed))
         zs.append(torch.randn(1, G.z_dim, generator=gen))
         noises.append([torch.randn(shape, generator=gen) for shape in G.noise_shapes()])
+        if conditional:
+            cs.append(G.table.request(labels, 1, gen) if labels else G.sample_labels(1, gen))
     z = torch.cat(zs).to(device)
     noise = [torch.cat([n[i] for n in noises]).to(device) for i in range(len(G.noise_shapes()))]
-    return z, noise
+    return z, noise, (torch.cat(cs).to(device) if conditional else None)
 
 
 @torch.no_grad()
@@ -72,6 +101,7 @@ def generate_images(
     space: str = "z",
     truncation_psi: float = 1.0,
     batch_size: int = 64,
+    labels: dict[str, str] | None = None,
 ) -> torch.Tensor:
     """Images for ``seeds``: ``N × C × R × R`` float on the CPU (about [-1, 1]).
 
@@ -81,6 +111,7 @@ def generate_images(
         space: ``"z"`` or ``"w"``: where truncation is applied.
         truncation_psi: 1 = no truncation.
         batch_size: images per forward pass.
+        labels: raw label values for a conditional network (``{"sex": "F", "edss": "6"}``).
     """
     if space not in ("z", "w"):
         raise BrainlatentError(f"--space: expected 'z' or 'w', got {space!r}")
@@ -94,12 +125,13 @@ def generate_images(
     device = next(G.parameters()).device
     out = []
     for start in range(0, len(seeds), batch_size):
-        z, noise = seed_inputs(G, seeds[start:start + batch_size], device)
+        z, noise, c = seed_inputs_labelled(G, seeds[start:start + batch_size], device, labels)
+        cond = () if c is None else (c,)
         if space == "z":
-            w = G.mapping(z * truncation_psi if truncation_psi != 1 else z)
+            w = G.mapping(z * truncation_psi if truncation_psi != 1 else z, *cond)
         else:
-            w = G.mapping(z, truncation_psi=truncation_psi)
-        out.append(G.synthesis(w, noise=noise).float().cpu())
+            w = G.mapping(z, *cond, truncation_psi=truncation_psi)
+        out.append(G.synthesis(w, noise=noise or None).float().cpu())
     return torch.cat(out)
 
 
@@ -112,6 +144,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", required=True, help="seeds, e.g. 0-15 or 0,3,7 (one image each)")
     parser.add_argument("--space", choices=["z", "w"], default="z", help="space in which truncation is applied (w: StyleGAN only)")
     parser.add_argument("--truncation", type=float, default=1.0, metavar="PSI", help="truncation psi (1 = none)")
+    parser.add_argument("--labels", default=None, metavar="NAME=VALUE,...",
+                        help="conditional networks only: labels to generate, e.g. 'sex=F,edss=6' (others drawn from the training table)")
     out = parser.add_mutually_exclusive_group(required=True)
     out.add_argument("--out", help="write one grid PNG")
     out.add_argument("--out-dir", help="write one PNG per seed (seed<NNNN>.png)")
@@ -122,10 +156,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> None:
     import logging
 
+    from brainlatent.models.families import load_network
+
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     seeds = parse_seeds(args.seeds)
-    G = load_generator(args.network, device=device)
-    images = generate_images(G, seeds, space=args.space, truncation_psi=args.truncation)
+    G = load_network(args.network, device=device)
+    labels = parse_labels(args.labels) if args.labels else None
+    images = generate_images(G, seeds, space=args.space, truncation_psi=args.truncation, labels=labels)
     if args.out:
         save_png(image_grid(images, args.ncols), args.out)
         logging.getLogger(__name__).info("wrote %d images to %s", len(seeds), args.out)

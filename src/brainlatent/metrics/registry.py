@@ -75,7 +75,7 @@ class Metric:
 _METRICS: dict[str, Metric] = {}
 
 #: modules whose import registers the built-in metrics
-_BUILTIN_MODULES = ("brainlatent.metrics.builtin", "brainlatent.metrics.mode_discovery")
+_BUILTIN_MODULES = ("brainlatent.metrics.builtin", "brainlatent.metrics.mode_discovery", "brainlatent.metrics.attribute_control")
 
 
 def register_metric(name: str, stage_keys: tuple[str, ...] = ("seed", "study", "evaluate.batch_size"), description: str = ""):

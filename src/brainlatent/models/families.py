@@ -144,6 +144,24 @@ register_family(GeneratorFamily(
     description="the StyleGAN synthesis network fed z directly (W = Z), WGAN-GP",
 ))
 
+_CONDITIONAL_METRICS = COMMON_METRICS + ("attribute_control",)
+#: the label vector needs each attribute's name, kind and levels (not the classifier's bins)
+_LABEL_KEYS = ("attributes[].name", "attributes[].kind", "attributes[].levels")
+
+register_family(GeneratorFamily(
+    name="cwgan", label="Conditional WGAN-GP (seed 004)", spaces=("z",),
+    train="brainlatent.train.conditional:train_conditional", load="brainlatent.models.cwgan:load_generator",
+    stage_keys=("seed", *_LABEL_KEYS, "cwgan"), metrics=_CONDITIONAL_METRICS, conditional=True,
+    description="DCGAN generator on z ⊕ y, patch critic with y tiled as input planes, WGAN-GP (Fabbri 2018)",
+))
+register_family(GeneratorFamily(
+    name="cstylegan", label="Conditional StyleGAN", spaces=("z", "w"),
+    train="brainlatent.train.conditional:train_conditional", load="brainlatent.models.cstylegan:load_generator",
+    stage_keys=("seed", *_LABEL_KEYS, "gan", "-gan.archs", "-gan.latent_sizes"), metrics=_CONDITIONAL_METRICS,
+    conditional=True,
+    description="StyleGAN synthesis, label embedded and concatenated with z at the mapping input; projection critic, WGAN-GP",
+))
+
 # seed 002: the mixture-prior GAN (K from gmm.components, or from the name: gmmgan2 ... gmmgan5, so
 # that one study can hold several K) and the plain GAN of the same networks
 _GMM_TRAIN = "brainlatent.train.gmm:train_gmmgan"

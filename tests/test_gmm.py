@@ -337,7 +337,7 @@ def test_evaluate_cli_runs_mode_discovery_and_quality_on_a_gmmgan(tmp_path):
     assert set(doc["results"]["fid"]) == {"generated_vs_real", "generated_vs_real_matched", "real_vs_real"}
     md = json.loads((tmp_path / "eval" / "mode_discovery.json").read_text())
     assert {"sex", "ms_type", "healthy_vs_ms", "slice_tercile"} <= set(md["results"]["nmi"])
-    assert (tmp_path / "eval" / "components.png").exists()
+    assert (tmp_path / "eval" / "mode_discovery" / "components.png").exists()  # the metric's picture folder
 
 
 def _write_yaml(tmp_path, cfg):

@@ -143,3 +143,20 @@ register_family(GeneratorFamily(
     stage_keys=_UNCONDITIONAL_GAN_KEYS,
     description="the StyleGAN synthesis network fed z directly (W = Z), WGAN-GP",
 ))
+
+# seed 003: latent-space growing GANs (models.growing, train.growing)
+_GROWING_KEYS = ("seed", "growing")
+_GROWING_METRICS = COMMON_METRICS + ("variability_profile", "attribute_saliency", "axis_alignment")
+for _name, _label, _text in (
+    ("bgan", "bGAN (baseline)", "seed 003 baseline: fixed latent and resolution, WGAN-GP"),
+    ("bggan", "bgGAN", "seed 003: the latent grows into the first generator layer only"),
+    ("cggan", "cgGAN", "seed 003: every layer's channels grow with the latent"),
+    ("lggan", "lgGAN", "seed 003: progressive layer growing, fixed latent"),
+    ("clggan", "clgGAN", "seed 003: channels and layers grow, the latent doubles with the resolution"),
+):
+    register_family(GeneratorFamily(
+        name=_name, label=_label, spaces=("z",),
+        train="brainlatent.train.growing:train_growing", load="brainlatent.models.growing:load_growing",
+        stage_keys=_GROWING_KEYS, metrics=_GROWING_METRICS, description=_text,
+        extra={"growing": True},
+    ))

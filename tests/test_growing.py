@@ -213,3 +213,66 @@ def test_critic_and_generator_protocol():
     D = GrowingCritic(GrowthPlan("lggan", 16, 16), 0)
     with pytest.raises(AssertionError):
         D(torch.randn(2, 1, 16, 16))
+
+
+# --------------------------------------------------------------------------------------------
+# Group variability profile and the registered metrics
+
+
+class FirstGroupOnly(torch.nn.Module):
+    """Stand-in generator: a disc whose texture is ``tanh(A z[:8])``; coordinates 9.. change nothing."""
+
+    def __init__(self, z_dim=32, res=16):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.A = torch.randn(res * res, 8, generator=g)
+        yy, xx = torch.meshgrid(torch.linspace(-1, 1, res), torch.linspace(-1, 1, res), indexing="ij")
+        self.disc = (xx ** 2 + yy ** 2) < 0.6
+        self.z_dim, self.w_dim, self.c_dim, self.resolution, self.arch = z_dim, z_dim, 0, res, "standin"
+        self.has_mapping = self.normalizes_z = False
+
+    def mapping(self, z, c=None):
+        return z
+
+    def noise_shapes(self):
+        return []
+
+    def synthesis(self, w, noise=None):
+        tex = torch.tanh(w[:, :8] @ self.A.T).view(-1, 1, self.resolution, self.resolution) * 0.5
+        return torch.where(self.disc, tex, torch.full_like(tex, -1.0))
+
+
+def test_variability_profile_is_concentrated_on_the_group_that_acts():
+    from brainlatent.metrics.group_variability import variability_profile
+
+    out = variability_profile(FirstGroupOnly(), references=20, images_per_group=8, seed=3, bootstrap=50)
+    assert out["groups"] == ["1-8", "9-16", "17-32"] and out["group_sizes"] == [8, 8, 16]
+    assert out["per_group"][0] > 0.05 and out["per_group"][1:] == [0.0, 0.0]
+    assert out["per_dimension"][0] == pytest.approx(out["per_group"][0] / 8)
+    lo, hi = out["per_group_ci95"]
+    assert lo[0] <= out["per_group"][0] <= hi[0] and hi[1] == 0.0
+    assert out["spearman_per_dimension"] < -0.8 and 0 < out["brain_pixels"] < 16 * 16
+
+
+def test_registered_metrics_run_on_a_growing_network():
+    from brainlatent.metrics.features import PerceptualFeatures
+    from brainlatent.metrics.registry import _METRICS, MetricContext
+    from brainlatent.models.vgg import VGG16Classifier
+    import brainlatent.metrics.latent_order  # noqa: F401 - registers the metrics
+
+    specs = [{"name": "sex", "kind": "categorical", "levels": ["F", "M"]},
+             {"name": "age", "kind": "numeric", "bins": [20, 40, 60, 80]}]
+    torch.manual_seed(0)
+    features = PerceptualFeatures(VGG16Classifier({"sex": 2, "age": 3}, width=4, fc_width=8), "cpu")
+    G = GrowingGenerator(GrowthPlan("clggan", 32, 16), 3).eval()
+    cfg = load_config({"evaluate": {"batch_size": 16, "variability_profile": {"references": 3, "images_per_group": 4, "bootstrap": 20},
+                                    "attribute_saliency": {"references": 3, "images_per_group": 4, "bootstrap": 20},
+                                    "axis_alignment": {"num_samples": 60, "bins": 4}}})
+    ctx = MetricContext(cfg, G, features, specs, seed=1, device="cpu")
+    prof = _METRICS["variability_profile"].fn(ctx).results
+    assert len(prof["per_group"]) == 2 and all(v > 0 for v in prof["per_group"])
+    sal = _METRICS["attribute_saliency"].fn(ctx).results
+    assert set(sal) == {"sex", "age"} and len(sal["age"]["per_dimension"]) == 2
+    align = _METRICS["axis_alignment"].fn(ctx)
+    assert {"mig", "sap", "dci_disentanglement", "dci_completeness", "dci_informativeness"} <= set(align.results)
+    assert align.settings["factors"] == {"sex": "discrete", "age": "continuous"}

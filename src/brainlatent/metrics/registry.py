@@ -73,7 +73,7 @@ class Metric:
 _METRICS: dict[str, Metric] = {}
 
 #: modules whose import registers the built-in metrics
-_BUILTIN_MODULES = ("brainlatent.metrics.builtin",)
+_BUILTIN_MODULES = ("brainlatent.metrics.builtin", "brainlatent.metrics.latent_order")
 
 
 def register_metric(name: str, stage_keys: tuple[str, ...] = ("seed", "study", "evaluate.batch_size"), description: str = ""):

@@ -276,3 +276,20 @@ def test_registered_metrics_run_on_a_growing_network():
     align = _METRICS["axis_alignment"].fn(ctx)
     assert {"mig", "sap", "dci_disentanglement", "dci_completeness", "dci_informativeness"} <= set(align.results)
     assert align.settings["factors"] == {"sex": "discrete", "age": "continuous"}
+
+
+def test_walks_and_style_transfer(tmp_path):
+    from brainlatent.growing_walks import coordinate_walk_latents, group_walk_latents, style_transfer, write_walks
+
+    G = GrowingGenerator(GrowthPlan("clggan", 16, 32), 2).eval()
+    z = group_walk_latents(G, (8, 16), seed=0, points=5, steps=4)
+    assert z.shape == (17, 32) and torch.equal(z[:, :8], z[:1, :8].expand(17, 8)) and torch.equal(z[:, 16:], z[:1, 16:].expand(17, 16))
+    c = coordinate_walk_latents(G, 4, seed=0, steps=5)
+    assert torch.allclose(c[:, 4], torch.tensor([-2.0, -1.0, 0.0, 1.0, 2.0]))  # ±0.125 seed units = ±2 here
+    assert torch.equal(c[:, 5:], c[:1, 5:].expand(5, 27))
+    a, b = torch.zeros(2, 32), torch.ones(2, 32)
+    t = style_transfer(a, b, (8, 16))
+    assert t[:, 8:16].eq(0).all() and t[:, :8].eq(1).all() and t[:, 16:].eq(1).all()
+    written = write_walks(G, tmp_path, seed=1)
+    assert {"group_1-8.gif", "group_17-32.png", "coord_1.gif", "coord_32.png", "style_transfer.png"} <= set(written)
+    assert all((tmp_path / name).stat().st_size > 0 for name in written)

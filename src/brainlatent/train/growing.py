@@ -77,7 +77,7 @@ def training_fingerprint(gcfg: dict, seed: int, plan: GrowthPlan, data: dict) ->
 
 
 def _optimizer(net: torch.nn.Module, gcfg: dict) -> torch.optim.Adam:
-    return torch.optim.Adam(net.parameters(), lr=float(gcfg["lr"]), betas=tuple(gcfg["betas"]), eps=1e-8)
+    return torch.optim.Adam(net.parameters(), lr=float(gcfg["lr"]), betas=tuple(float(b) for b in gcfg["betas"]), eps=1e-8)
 
 
 def carry_optimizer(old_opt: torch.optim.Adam, old_net: torch.nn.Module, new_opt: torch.optim.Adam,

@@ -7,7 +7,13 @@ import math
 import numpy as np
 import pytest
 
-from brainlatent.metrics.disentanglement import dci, discretise, mig, mutual_information_bits, sap
+from brainlatent.metrics.disentanglement import (
+    dci,
+    discretise,
+    mig,
+    mutual_information_bits,
+    sap,
+)
 
 # a balanced design of two binary factors: every combination equally often, so the factors are
 # exactly uncorrelated and every mutual information below is a fraction of a bit by hand

@@ -14,7 +14,13 @@ import torch.nn.functional as F
 from brainlatent.config import load_config
 from brainlatent.latent_groups import groups_for, resample_group, sample_prior
 from brainlatent.models.families import get_family, load_network
-from brainlatent.models.growing import GrowingCritic, GrowingGenerator, build, commit, grow
+from brainlatent.models.growing import (
+    GrowingCritic,
+    GrowingGenerator,
+    build,
+    commit,
+    grow,
+)
 from brainlatent.models.growing_plan import ARCHS, GROWS_LAYERS, GrowthPlan
 from brainlatent.train import growing as growing_module
 from brainlatent.train.checkpoint import list_checkpoints
@@ -66,7 +72,7 @@ def test_every_model_ends_with_the_baseline_architecture(arch):
         else:
             G, D = build(plan, G.stage + 1, False)
     Gb, Db = build(GrowthPlan("bgan", 32, 64), 3, False)
-    shapes = lambda net: {k: tuple(v.shape) for k, v in net.state_dict().items()}  # noqa: E731
+    shapes = lambda net: {k: tuple(v.shape) for k, v in net.state_dict().items()}
     assert shapes(G) == shapes(Gb) and shapes(D) == shapes(Db)
     assert G(torch.randn(2, 64)).shape == (2, 1, 32, 32)
 
@@ -255,10 +261,10 @@ def test_variability_profile_is_concentrated_on_the_group_that_acts():
 
 
 def test_registered_metrics_run_on_a_growing_network():
+    import brainlatent.metrics.latent_order  # noqa: F401 - registers the metrics
     from brainlatent.metrics.features import PerceptualFeatures
     from brainlatent.metrics.registry import _METRICS, MetricContext
     from brainlatent.models.vgg import VGG16Classifier
-    import brainlatent.metrics.latent_order  # noqa: F401 - registers the metrics
 
     specs = [{"name": "sex", "kind": "categorical", "levels": ["F", "M"]},
              {"name": "age", "kind": "numeric", "bins": [20, 40, 60, 80]}]
@@ -279,7 +285,12 @@ def test_registered_metrics_run_on_a_growing_network():
 
 
 def test_walks_and_style_transfer(tmp_path):
-    from brainlatent.growing_walks import coordinate_walk_latents, group_walk_latents, style_transfer, write_walks
+    from brainlatent.growing_walks import (
+        coordinate_walk_latents,
+        group_walk_latents,
+        style_transfer,
+        write_walks,
+    )
 
     G = GrowingGenerator(GrowthPlan("clggan", 16, 32), 2).eval()
     z = group_walk_latents(G, (8, 16), seed=0, points=5, steps=4)

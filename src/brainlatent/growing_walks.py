@@ -25,7 +25,13 @@ import numpy as np
 import torch
 
 from brainlatent.images import image_grid, save_gif, save_png, save_strip, to_uint8
-from brainlatent.latent_groups import PRIOR_DIM, group_label, groups_for, resample_group, sample_prior
+from brainlatent.latent_groups import (
+    PRIOR_DIM,
+    group_label,
+    groups_for,
+    resample_group,
+    sample_prior,
+)
 
 #: the seed's coordinate range, in seed units
 COORD_RANGE = 0.125

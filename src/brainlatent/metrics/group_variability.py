@@ -25,7 +25,13 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from brainlatent.latent_groups import PRIOR_DIM, group_label, groups_for, resample_group, sample_prior
+from brainlatent.latent_groups import (
+    PRIOR_DIM,
+    group_label,
+    groups_for,
+    resample_group,
+    sample_prior,
+)
 from brainlatent.progress import progress
 
 
@@ -114,7 +120,7 @@ def summarise(values: np.ndarray, groups: list[tuple[int, int]], n_boot: int, se
     per_dim = values / sizes
     lo_g, hi_g = bootstrap_ci(values, n_boot, seed)
     lo_d, hi_d = bootstrap_ci(per_dim, n_boot, seed)
-    rho_fn = lambda v: np.array([spearman_over_groups(v.mean(0))])  # noqa: E731
+    rho_fn = lambda v: np.array([spearman_over_groups(v.mean(0))])
     rho_lo, rho_hi = bootstrap_ci(per_dim, n_boot, seed + 1, rho_fn)
     rho_g_lo, rho_g_hi = bootstrap_ci(values, n_boot, seed + 1, rho_fn)
     return {
@@ -135,7 +141,7 @@ def variability_profile(generator, references: int = 200, images_per_group: int 
     mask = brain_mask(generator, references, seed + 7, mask_threshold, batch_size, device)
     if not mask.any():
         mask = torch.ones_like(mask)
-    stat = lambda imgs: np.array([float(imgs[:, 0].std(0, unbiased=True)[mask].mean())])  # noqa: E731
+    stat = lambda imgs: np.array([float(imgs[:, 0].std(0, unbiased=True)[mask].mean())])
     values, groups = group_statistics(generator, stat, references, images_per_group, seed, batch_size, device,
                                       desc="variability profile")
     out = summarise(values[:, :, 0], groups, bootstrap, seed)

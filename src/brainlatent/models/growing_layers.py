@@ -120,7 +120,7 @@ class GrowConv2d(Fadeable):
         self.padding = kernel // 2 if padding is None else padding
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        op = lambda x_, w_, b_: F.conv2d(x_, w_, b_, padding=self.padding)  # noqa: E731
+        op = lambda x_, w_, b_: F.conv2d(x_, w_, b_, padding=self.padding)
         return _activate(self._faded(op, x, self.weight, self.bias, self.old_out, self.old_in), self.activation)
 
 

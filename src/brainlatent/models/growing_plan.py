@@ -115,7 +115,7 @@ class GrowthPlan:
 
     def generator_shapes(self, s: int) -> Shapes:
         """``name -> (in, out)`` of every generator layer at stage ``s``."""
-        w = lambda r: self.width(r, s)  # noqa: E731
+        w = lambda r: self.width(r, s)
         shapes: Shapes = {"g1": (self.latent(s), w(4)), "b4.conv": (w(4), w(4))}
         for r in self.resolutions(s)[1:]:
             shapes[f"b{r}.conv0"] = (w(r // 2), w(r))
@@ -125,7 +125,7 @@ class GrowthPlan:
 
     def critic_shapes(self, s: int) -> Shapes:
         """``name -> (in, out)`` of every critic layer at stage ``s``."""
-        w = lambda r: self.width(r, s)  # noqa: E731
+        w = lambda r: self.width(r, s)
         shapes: Shapes = {"fromrgb": (1, w(self.res(s)))}
         for r in reversed(self.resolutions(s)[1:]):
             shapes[f"b{r}.conv0"] = (w(r), w(r))

@@ -46,7 +46,13 @@ from brainlatent.train.checkpoint import (
     resume_matching,
     save_checkpoint,
 )
-from brainlatent.train.common import SigtermFlag, TrainImages, TrainingInterrupted, every_nimg, kimg_name
+from brainlatent.train.common import (
+    SigtermFlag,
+    TrainImages,
+    TrainingInterrupted,
+    every_nimg,
+    kimg_name,
+)
 from brainlatent.train.growing_schedule import Phase, Schedule, real_images
 from brainlatent.train.losses import critic_loss, generator_loss
 

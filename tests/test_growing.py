@@ -304,3 +304,21 @@ def test_walks_and_style_transfer(tmp_path):
     written = write_walks(G, tmp_path, seed=1)
     assert {"group_1-8.gif", "group_17-32.png", "coord_1.gif", "coord_32.png", "style_transfer.png"} <= set(written)
     assert all((tmp_path / name).stat().st_size > 0 for name in written)
+
+
+def test_adam_state_is_carried_into_the_grown_parameters():
+    from brainlatent.train.growing import carry_optimizer
+
+    plan = GrowthPlan("clggan", 16, 32)
+    G = GrowingGenerator(plan, 0)
+    opt = torch.optim.Adam(G.parameters(), lr=1e-4, betas=(0.0, 0.99))
+    G(torch.randn(4, 32)).square().mean().backward()
+    opt.step()
+    G2, mapping = grow(G)
+    opt2 = torch.optim.Adam(G2.parameters(), lr=1e-4, betas=(0.0, 0.99))
+    carry_optimizer(opt, G, opt2, G2, mapping)
+    old, new = opt.state[G.g1.weight], opt2.state[G2.g1.weight]
+    assert G2.g1.weight.shape == (16 * 16, 16) and G.g1.weight.shape == (8 * 16, 8)
+    assert torch.equal(new["exp_avg_sq"][:128, :8], old["exp_avg_sq"]) and new["exp_avg_sq"][128:].eq(0).all()
+    assert int(new["step"]) == int(old["step"]) == 1
+    assert G2.torgb.weight not in opt2.state and mapping["torgb_old.weight"] == "torgb.weight"

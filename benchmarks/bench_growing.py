@@ -30,6 +30,8 @@ def main() -> None:
     parser.add_argument("--images-per-group", type=int, default=32)
     parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--classifier", default=None, help="classifier model.pt: also attribute saliency and MIG/SAP/DCI")
+    parser.add_argument("--config", default=None, help="study config for those two metrics' settings (default: schema defaults)")
     args = parser.parse_args()
     torch.set_grad_enabled(False)
     for run in map(Path, args.runs):
@@ -53,6 +55,32 @@ def main() -> None:
             print(stages[["phase", "latent", "resolution", "kimg", "seconds", "img_per_s", "params_G", "params_D"]]
                   .to_string(index=False, float_format=lambda v: f"{v:.1f}"))
             print(f"overall {total:.1f} img/s over {stages['seconds'].sum():.0f} s of training steps")
+        if args.classifier:
+            _classifier_metrics(G, run, args)
+
+
+def _classifier_metrics(G, run: Path, args) -> None:
+    """attribute_saliency and axis_alignment through the metric registry; JSON beside the network."""
+    from brainlatent.config import load_config
+    from brainlatent.metrics import latent_order
+    from brainlatent.metrics.features import PerceptualFeatures
+    from brainlatent.metrics.registry import MetricContext
+
+    cfg = load_config(args.config or {})
+    features = PerceptualFeatures.from_file(args.classifier, "cpu")
+    from brainlatent.metrics.evaluate import classifier_specs
+
+    specs, _ = classifier_specs(features.classifier, args.classifier, cfg)
+    ctx = MetricContext(cfg, G, features, specs, seed=args.seed, device="cpu")
+    sal = latent_order.attribute_saliency_metric(ctx).results
+    align = latent_order.axis_alignment_metric(ctx).results
+    (run / "attribute_saliency.json").write_text(json.dumps(sal, indent=1))
+    (run / "axis_alignment.json").write_text(json.dumps(align, indent=1))
+    for name, prof in sal.items():
+        print(f"saliency {name:<8} per group " + " ".join(f"{v:.4f}" for v in prof["per_group"])
+              + f"  rho per dim {prof['spearman_per_dimension']:+.2f}, per group {prof['spearman_per_group']:+.2f}")
+    print("axis alignment: " + ", ".join(f"{k} {align[k]:.3f}" for k in
+                                         ("mig", "sap", "dci_disentanglement", "dci_completeness", "dci_informativeness")))
 
 
 if __name__ == "__main__":

@@ -75,7 +75,10 @@ class Metric:
 _METRICS: dict[str, Metric] = {}
 
 #: modules whose import registers the built-in metrics
-_BUILTIN_MODULES = ("brainlatent.metrics.builtin", "brainlatent.metrics.mode_discovery", "brainlatent.metrics.attribute_control")
+_BUILTIN_MODULES = (
+    "brainlatent.metrics.builtin", "brainlatent.metrics.mode_discovery", "brainlatent.metrics.attribute_control",
+    "brainlatent.metrics.latent_order",
+)
 
 
 def register_metric(name: str, stage_keys: tuple[str, ...] = ("seed", "study", "evaluate.batch_size"), description: str = ""):

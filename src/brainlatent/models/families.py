@@ -187,3 +187,20 @@ for _k in GMM_NAMED_COMPONENTS:
         train=_GMM_TRAIN, load=_GMM_LOAD, stage_keys=("seed", "gmm", "-gmm.components"), metrics=_GMM_METRICS,
         description=f"seed 002 with K = {_k} mixture components",
     ))
+
+# seed 003: latent-space growing GANs (models.growing, train.growing)
+_GROWING_KEYS = ("seed", "growing")
+_GROWING_METRICS = COMMON_METRICS + ("variability_profile", "attribute_saliency", "axis_alignment")
+for _name, _label, _text in (
+    ("bgan", "bGAN (baseline)", "seed 003 baseline: fixed latent and resolution, WGAN-GP"),
+    ("bggan", "bgGAN", "seed 003: the latent grows into the first generator layer only"),
+    ("cggan", "cgGAN", "seed 003: every layer's channels grow with the latent"),
+    ("lggan", "lgGAN", "seed 003: progressive layer growing, fixed latent"),
+    ("clggan", "clgGAN", "seed 003: channels and layers grow, the latent doubles with the resolution"),
+):
+    register_family(GeneratorFamily(
+        name=_name, label=_label, spaces=("z",),
+        train="brainlatent.train.growing:train_growing", load="brainlatent.models.growing:load_growing",
+        stage_keys=_GROWING_KEYS, metrics=_GROWING_METRICS, description=_text,
+        extra={"growing": True},
+    ))

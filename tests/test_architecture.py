@@ -18,7 +18,7 @@ RANKS = {
     "synth": 1, "inputs": 1, "qc": 1, "preprocess": 1, "slices": 1,
     "models": 2, "latents": 2, "labels": 2,
     "train": 3,
-    "metrics": 4, "explore": 4, "generate": 4, "conditional": 4, "growing_walks": 4,
+    "metrics": 4, "explore": 4, "generate": 4, "conditional": 4, "growing_walks": 4, "latent_groups": 2,
     "report": 5, "batch": 5, "cli": 6, "__main__": 6,
 }
 

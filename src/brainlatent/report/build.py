@@ -54,7 +54,7 @@ from brainlatent import __version__, io
 from brainlatent.config import config_hash, load_stage_config
 from brainlatent.errors import BrainlatentError
 from brainlatent.models.families import families, model_id, parse_model_id
-from brainlatent.report import figures, mixture_prior
+from brainlatent.report import family_sections, figures, mixture_prior
 from brainlatent.report.templating import page, render
 from brainlatent.report.primitives import (  # noqa: F401 - the primitives every section uses
     Cell,
@@ -1144,6 +1144,10 @@ def register_section(new: ReportSection, before: str = "provenance") -> ReportSe
 
 
 # the families' sections: a template plus a small context function each
+register_section(ReportSection("conditional", "Conditional generation", template="sections/conditional.html.j2",
+                               context=family_sections.conditional_context, families=family_sections.CONDITIONAL))
+register_section(ReportSection("growing", "Growing GANs: is the latent space ordered?", template="sections/growing.html.j2",
+                               context=family_sections.growing_context, families=family_sections.GROWING))
 register_section(ReportSection("mixture-prior", "Mixture-prior GAN: modes of the cohort", template="sections/mixture_prior.html.j2",
                                context=mixture_prior.context, families=mixture_prior.FAMILIES))
 

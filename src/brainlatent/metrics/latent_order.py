@@ -36,6 +36,11 @@ def variability_profile_metric(ctx: MetricContext) -> MetricResult:
                               p["bootstrap"], ctx.cfg["evaluate"]["batch_size"], ctx.device)
     settings = {**dict(p), "std_ddof": 1, "ci": "bootstrap percentile 95 % over references",
                 "prior": "unit-norm Gaussian, first z_dim coordinates; a group redrawn from fresh prior vectors"}
+    if ctx.out_dir is not None:  # the walks that show what each group does (PNG strips, GIFs, style transfer)
+        from brainlatent.config import derive_seed
+        from brainlatent.growing_walks import write_walks
+
+        settings["pictures"] = sorted(write_walks(ctx.generator, ctx.out_dir, derive_seed(ctx.seed, "walks"), device=ctx.device))
     return MetricResult(res, settings)
 
 

@@ -92,5 +92,13 @@ def growing_context(st) -> dict:
     alignment = table("table-axis-alignment", [[L("model"), L("MIG"), L("SAP"), L("DCI disentanglement"), L("DCI completeness"),
                                                 L("DCI informativeness")]], align_rows,
                       "Axis alignment of the latent coordinates with the classifier's labels") if align_rows else not_run("axis alignment")
+    walks = []
+    for arch, z in st.models():
+        folder = st.path(f"eval/{arch}-z{z}/variability_profile")
+        if arch in GROWING and folder.is_dir():
+            for path in sorted(folder.glob("group_*.png")) + sorted(folder.glob("style_transfer.png")):
+                caption = (f"{arch}-z{z}: walk varying only coordinates {path.stem[6:]}" if path.stem.startswith("group_")
+                           else f"{arch}-z{z}: style transfer, one group at a time from the source (row 1) to the reference (row 2)")
+                walks.append(Markup(figure(path.read_bytes(), caption + ".", f"{path.stem} {arch}-z{z}", css="pixel")))
     return {"groups": groups, "profile_table": Markup(profile_table), "profile_figure": Markup(fig),
-            "alignment_table": Markup(alignment), "notes": notes}
+            "alignment_table": Markup(alignment), "notes": notes, "walks": walks}

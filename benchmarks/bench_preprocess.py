@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-REAL_DIR = Path("/work/shared/data/open_ms_sample/raw")
+REAL_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "open_ms_sample" / "raw"  # shared/ beside the checkout
 #: (name, voxel size, tilt, fixed output shape or None, brain-extracted)
 SITES = [
     ("iso2", (2.0, 2.0, 2.0), 0.0, None, False),

@@ -20,7 +20,7 @@ from brainlatent.config import load_config
 from brainlatent.errors import BrainlatentError
 from brainlatent.preprocess import auto_brain_mask, n4_bias_correction, normalise, preprocess_scan, ras_grid
 
-REAL_DIR = Path("/work/shared/data/open_ms_sample/raw")
+REAL_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "open_ms_sample" / "raw"  # shared/ beside the checkout
 
 BRAIN_AXES = np.array([60.0, 75.0, 55.0])  # brain tissue semi-axes (mm)
 CSF_MM, SKULL_MM, SCALP_MM = 3.0, 7.0, 6.0

@@ -255,7 +255,7 @@ def test_failing_job_reports_its_slurm_log_and_is_retried(cluster, tmp_path):
     nib.save(nib.Nifti1Image(np.ones((24, 28, 20), np.float32), np.diag([2.0, 2.0, 2.0, 1.0])), str(image))
     image.write_bytes(image.read_bytes()[:600])  # header + a few voxels: truncated by a failed copy
     table = work / "broken" / "scans.tsv"
-    table.write_text(f"subject\timage_flair\tage\tsex\nsub-01\t{image.name}\t40\tF\n")
+    table.write_text(f"subject\timage_flair\tage\tedss\tms_type\tsex\nsub-01\t{image.name}\t40\t2\tRRMS\tF\n")
     config = _study_config(work / "broken.yaml", study="broken", inputs={"source": "table", "table": str(table)})
     rc, out = snakemake(work, config, "--retries", "1", "results/broken/preprocessed/images/sub-01.nii.gz", timeout=240)
 

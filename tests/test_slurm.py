@@ -266,10 +266,10 @@ def test_failing_job_reports_its_slurm_log_and_is_retried(cluster, tmp_path):
     for job_id, slurm_log in attempts:
         assert f"SLURM-job '{job_id}' failed, SLURM status is: 'FAILED'" in out
         assert slurm_log in out.split(f"SLURM-job '{job_id}' failed", 1)[1], "error names the SLURM log"
-        assert Path(slurm_log).parent.name == "rule_preprocess" and Path(slurm_log).exists()
+        assert "rule_preprocess" in Path(slurm_log).parts and Path(slurm_log).exists()  # .../rule_preprocess/sub-01/<id>.log
     rule_log = (work / "results/broken/logs/preprocess/sub-01.log").read_text()
     assert "error" in rule_log.lower() and image.name in rule_log, rule_log  # the rule's own log names the bad file
-    assert "brainlatent preprocess" in out  # show-failed-logs: the job's log is on the console
+    assert "brainlatent preprocess: error:" in out  # show-failed-logs: the job's one-line error is on the console
 
 
 def test_profiles_use_real_options_and_leave_site_settings_to_the_profile():

@@ -8,6 +8,7 @@ counts images shown in kimg, and turns SIGTERM (SLURM preemption) into a checkpo
 
 from __future__ import annotations
 
+import csv
 import logging
 import signal
 import threading
@@ -19,6 +20,7 @@ import torch
 from torch import nn
 
 from brainlatent.errors import BrainlatentError
+from brainlatent.io import write_table
 
 log = logging.getLogger(__name__)
 
@@ -111,3 +113,33 @@ def kimg_name(nimg: int) -> str:
 def every_nimg(kimg: float) -> int:
     """A kimg interval as a whole number of images (at least 1)."""
     return max(1, int(round(kimg * 1000)))
+
+
+# --------------------------------------------------------------------------------------------
+# log.csv: one row per log interval, trimmed back to the checkpoint on resume
+
+
+def start_log(path: Path, columns: list[str]) -> None:
+    """Write an empty ``log.csv`` with its header (a run that starts afresh)."""
+    import pandas as pd
+
+    write_table(path, pd.DataFrame(columns=columns))
+
+
+def trim_log(path: Path, max_step: int, columns: list[str]) -> None:
+    """Keep the header and the rows up to ``max_step`` (rows a killed run wrote after its last
+    checkpoint go); a missing or unreadable log (e.g. removed by the workflow manager with a failed
+    job's outputs) is started afresh."""
+    import pandas as pd
+
+    try:
+        df = pd.read_csv(path)
+    except Exception:  # noqa: BLE001 - a missing or unreadable log is rebuilt from scratch
+        df = pd.DataFrame(columns=columns)
+    write_table(path, df[df["step"] <= max_step] if "step" in df.columns else pd.DataFrame(columns=columns))
+
+
+def append_log(path: Path, row: dict, columns: list[str]) -> None:
+    """Append one row (floats with 6 significant digits) in the order of ``columns``."""
+    with open(path, "a", newline="", encoding="utf-8") as fh:
+        csv.writer(fh).writerow([f"{row[c]:.6g}" if isinstance(row[c], float) else row[c] for c in columns])

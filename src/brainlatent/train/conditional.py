@@ -33,7 +33,7 @@ import torch
 from brainlatent.config import derive_seed, load_stage_config, plain
 from brainlatent.errors import BrainlatentError
 from brainlatent.images import image_grid, save_png
-from brainlatent.io import write_json, write_table
+from brainlatent.io import write_json
 from brainlatent.labels import LabelEncoder
 from brainlatent.models.cstylegan import CStyleGANGenerator, ProjectionDiscriminator
 from brainlatent.models.cwgan import CWGANCritic, CWGANGenerator
@@ -51,12 +51,15 @@ from brainlatent.train.common import (
     SigtermFlag,
     TrainImages,
     TrainingInterrupted,
+    append_log,
     ema_beta,
     ema_update,
     every_nimg,
     kimg_name,
+    start_log,
+    trim_log,
 )
-from brainlatent.train.gan import RESUMABLE_CHANGES, _append_log, _empty_log, _trim_log
+from brainlatent.train.gan import LOG_COLUMNS, RESUMABLE_CHANGES
 from brainlatent.train.losses import critic_loss, generator_loss
 
 log = logging.getLogger(__name__)
@@ -157,11 +160,11 @@ def train_conditional(
             step, nimg, wall_before = int(state["step"]), int(state["nimg"]), float(state.get("wall_s", 0.0))
             restore_rng_state(state["rng"])
             log.info("resumed from %s (kimg %.3f, step %d)", resumed_from, nimg / 1000, step)
-            _trim_log(out_dir / "log.csv", step)
+            trim_log(out_dir / "log.csv", step, LOG_COLUMNS)
             del state
         else:
             out_dir.mkdir(parents=True, exist_ok=True)
-            write_table(out_dir / "log.csv", _empty_log())
+            start_log(out_dir / "log.csv", LOG_COLUMNS)
         write_json(out_dir / "options.json", {
             "arch": arch, "z_dim": int(z_dim), "seed": seed, "slices_dir": str(slices_dir), "device": str(device),
             "train_images": len(data), "label_columns": encoder.columns, "generator_config": gconf,
@@ -213,7 +216,7 @@ def train_conditional(
                 now = time.perf_counter()
                 row = {"kimg": nimg / 1000, "step": step, **{k: sums[k] / n_sum for k in ("loss_d", "loss_g", "gp", "wasserstein")},
                        "img_per_s": (nimg - nimg_tick) / max(now - t_tick, 1e-9), "wall_s": wall_before + now - t_start}
-                _append_log(out_dir / "log.csv", row)
+                append_log(out_dir / "log.csv", row, LOG_COLUMNS)
                 log.info("%s kimg %.3f/%.3f step %d loss_d %.4f loss_g %.4f gp %.4f W %.4f %.1f img/s", arch, row["kimg"],
                          total / 1000, step, row["loss_d"], row["loss_g"], row["gp"], row["wasserstein"], row["img_per_s"])
                 sums, n_sum, t_tick, nimg_tick = {}, 0, now, nimg

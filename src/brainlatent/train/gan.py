@@ -20,7 +20,6 @@ preemption) writes a checkpoint and exits with status 143.
 from __future__ import annotations
 
 import copy
-import csv
 import logging
 import sys
 import time
@@ -32,7 +31,7 @@ import torch
 from brainlatent.config import derive_seed, load_stage_config
 from brainlatent.errors import BrainlatentError
 from brainlatent.images import image_grid, save_png
-from brainlatent.io import write_json, write_table
+from brainlatent.io import write_json
 from brainlatent.models.discriminator import Discriminator
 from brainlatent.models.stylegan import ARCHS, Generator, load_generator, save_network
 from brainlatent.numerics import strict_float32
@@ -49,10 +48,13 @@ from brainlatent.train.common import (
     SigtermFlag,
     TrainImages,
     TrainingInterrupted,
+    append_log,
     ema_beta,
     ema_update,
     every_nimg,
     kimg_name,
+    start_log,
+    trim_log,
 )
 from brainlatent.train.losses import critic_loss, generator_loss
 
@@ -86,18 +88,6 @@ def mix_styles(G: Generator, z: torch.Tensor, prob: float, update_w_avg: bool = 
 # Training loop helpers
 
 
-def _trim_log(path: Path, max_step: int) -> None:
-    """Keep the header and rows up to ``max_step`` (rows a killed run wrote after its last checkpoint go)."""
-    import pandas as pd
-
-    if not path.exists():  # e.g. removed by the workflow manager with a failed job's outputs
-        write_table(path, _empty_log())
-        return
-    try:
-        df = pd.read_csv(path)
-    except Exception:  # noqa: BLE001 - an unreadable log is rebuilt from scratch
-        df = pd.DataFrame(columns=LOG_COLUMNS)
-    write_table(path, df[df["step"] <= max_step] if "step" in df.columns else df.iloc[0:0])
 
 
 def _snapshot(G_ema: Generator, z: torch.Tensor, noise: list[torch.Tensor], path: Path) -> None:
@@ -204,11 +194,11 @@ def train_gan(
             step, nimg, wall_before = int(state["step"]), int(state["nimg"]), float(state.get("wall_s", 0.0))
             restore_rng_state(state["rng"])
             log.info("resumed from %s (kimg %.3f, step %d)", resumed_from, nimg / 1000, step)
-            _trim_log(out_dir / "log.csv", step)
+            trim_log(out_dir / "log.csv", step, LOG_COLUMNS)
             del state
         else:
             out_dir.mkdir(parents=True, exist_ok=True)
-            write_table(out_dir / "log.csv", _empty_log())
+            start_log(out_dir / "log.csv", LOG_COLUMNS)
         write_json(out_dir / "options.json", {
             "arch": arch, "z_dim": z_dim, "seed": seed, "slices_dir": str(slices_dir), "device": str(device),
             "train_images": len(data), "generator_config": generator_config, "discriminator_config": D.config,
@@ -262,7 +252,7 @@ def train_gan(
                 now = time.perf_counter()
                 row = {"kimg": nimg / 1000, "step": step, **{k: float(sums[k]) / n_sum for k in ("loss_d", "loss_g", "gp", "wasserstein")},
                        "img_per_s": (nimg - nimg_tick) / max(now - t_tick, 1e-9), "wall_s": wall_before + now - t_start}
-                _append_log(out_dir / "log.csv", row)
+                append_log(out_dir / "log.csv", row, LOG_COLUMNS)
                 _report(row, bar, total)
                 sums, n_sum, t_tick, nimg_tick = {}, 0, now, nimg
                 next_log = (nimg // every_log + 1) * every_log
@@ -328,17 +318,6 @@ def _train_step(
     opt_G.step()
     D.requires_grad_(True)
     return {"loss_d": stats["loss_d"], "gp": stats["gp"], "wasserstein": stats["wasserstein"], "loss_g": loss_g.detach()}
-
-
-def _empty_log():
-    import pandas as pd
-
-    return pd.DataFrame(columns=LOG_COLUMNS)
-
-
-def _append_log(path: Path, row: dict[str, float]) -> None:
-    with open(path, "a", newline="", encoding="utf-8") as fh:
-        csv.writer(fh).writerow([f"{row[c]:.6g}" if isinstance(row[c], float) else row[c] for c in LOG_COLUMNS])
 
 
 def _progress(total: int, start: int):

@@ -22,7 +22,6 @@ running π has ``max π_k > gmm.mixture.collapse.max_pi`` stops the run with a :
 from __future__ import annotations
 
 import copy
-import csv
 import logging
 import time
 from pathlib import Path
@@ -33,7 +32,7 @@ import torch
 from brainlatent.config import derive_seed, load_stage_config, plain
 from brainlatent.errors import BrainlatentError
 from brainlatent.images import image_grid, save_png
-from brainlatent.io import write_json, write_table
+from brainlatent.io import write_json
 from brainlatent.models import gmm_ops
 from brainlatent.models.gmm import (
     DCGANDiscriminator,
@@ -54,10 +53,13 @@ from brainlatent.train.common import (
     SigtermFlag,
     TrainImages,
     TrainingInterrupted,
+    append_log,
     ema_beta,
     ema_update,
     every_nimg,
     kimg_name,
+    start_log,
+    trim_log,
 )
 from brainlatent.train.gmm_losses import (
     StepSettings,
@@ -168,21 +170,6 @@ def _snapshot(net: DCGANNetwork, snap_z: torch.Tensor, seed: int, path: Path) ->
     save_png(image_grid(imgs.float().cpu(), ncols=SNAPSHOT_COLUMNS), path)
 
 
-def _trim_log(path: Path, max_step: int, columns: list[str]) -> None:
-    import pandas as pd
-
-    try:
-        df = pd.read_csv(path)
-    except Exception:  # noqa: BLE001 - a missing or unreadable log is rebuilt
-        df = pd.DataFrame(columns=columns)
-    write_table(path, df[df["step"] <= max_step] if "step" in df.columns else pd.DataFrame(columns=columns))
-
-
-def _append_log(path: Path, row: dict, columns: list[str]) -> None:
-    with open(path, "a", newline="", encoding="utf-8") as fh:
-        csv.writer(fh).writerow([f"{row[c]:.6g}" if isinstance(row[c], float) else row[c] for c in columns])
-
-
 def train_dcgan(cfg: dict, slices_dir: str | Path, arch: str, z_dim: int, out_dir: str | Path, device: str | torch.device | None = None) -> dict[str, Any]:
     """The plain GAN of seed 002's networks (family ``dcgan``); see :func:`train_gmmgan`."""
     return train_gmmgan(cfg, slices_dir, arch, z_dim, out_dir, device)
@@ -254,14 +241,13 @@ def train_gmmgan(
             order.load_state_dict(state["data_order"])
             step, nimg, wall_before = int(state["step"]), int(state["nimg"]), float(state.get("wall_s", 0.0))
             restore_rng_state(state["rng"])
-            _trim_log(out_dir / "log.csv", step, columns)
+            trim_log(out_dir / "log.csv", step, columns)
             log.info("resumed from %s (kimg %.3f, step %d)", resumed_from, nimg / 1000, step)
             del state
         else:
             out_dir.mkdir(parents=True, exist_ok=True)
-            import pandas as pd
 
-            write_table(out_dir / "log.csv", pd.DataFrame(columns=columns))
+            start_log(out_dir / "log.csv", columns)
         write_json(out_dir / "options.json", {
             "arch": arch, "z_dim": z_dim, "components": k, "seed": seed, "slices_dir": str(slices_dir), "device": str(device),
             "train_images": len(data), "network_config": net.config, "fingerprint": fingerprint_digest(fingerprint), "gmm": gcfg,
@@ -311,12 +297,12 @@ def train_gmmgan(
                 try:
                     check_collapse(net.prior.pi, nimg, gcfg, arch, z_dim, float(stats["resp_entropy"]))
                 except BrainlatentError:
-                    _append_log(out_dir / "log.csv", _row(sums, n_sum, net, nimg, step, 0.0, wall_before + time.perf_counter() - t_start), columns)
+                    append_log(out_dir / "log.csv", _row(sums, n_sum, net, nimg, step, 0.0, wall_before + time.perf_counter() - t_start), columns)
                     raise
             if nimg >= next_log or nimg >= total:
                 now = time.perf_counter()
                 row = _row(sums, n_sum, net, nimg, step, (nimg - nimg_tick) / max(now - t_tick, 1e-9), wall_before + now - t_start)
-                _append_log(out_dir / "log.csv", row, columns)
+                append_log(out_dir / "log.csv", row, columns)
                 log.info("kimg %.3f/%.3f %s", nimg / 1000, total / 1000,
                          " ".join(f"{c} {row[c]:.4g}" for c in columns[2:] if isinstance(row[c], float)))
                 sums, n_sum, t_tick, nimg_tick = {}, 0, now, nimg

@@ -23,7 +23,6 @@ stage and loaded, so a run killed mid-fade continues to bitwise the same network
 
 from __future__ import annotations
 
-import csv
 import logging
 import time
 from pathlib import Path
@@ -50,8 +49,11 @@ from brainlatent.train.common import (
     SigtermFlag,
     TrainImages,
     TrainingInterrupted,
+    append_log,
     every_nimg,
     kimg_name,
+    start_log,
+    trim_log,
 )
 from brainlatent.train.growing_schedule import Phase, Schedule, real_images
 from brainlatent.train.losses import critic_loss, generator_loss
@@ -205,13 +207,13 @@ def train_growing(
             step, nimg, wall_before = int(state["step"]), int(state["nimg"]), float(state.get("wall_s", 0.0))
             stage_stats = {k: list(v) for k, v in state.get("stage_stats", {}).items()}
             restore_rng_state(state["rng"])
-            _trim_log(out_dir / "log.csv", step)
+            trim_log(out_dir / "log.csv", step, LOG_COLUMNS)
             log.info("resumed from %s (kimg %.3f, stage %d%s)", resumed_from, nimg / 1000, run.stage, " fading" if run.fading else "")
             del state
         else:
             run.build_at(0, False)
             out_dir.mkdir(parents=True, exist_ok=True)
-            write_table(out_dir / "log.csv", _empty(LOG_COLUMNS))
+            start_log(out_dir / "log.csv", LOG_COLUMNS)
         write_json(out_dir / "options.json", {
             "arch": arch, "z_dim": z_dim, "seed": seed, "slices_dir": str(slices_dir), "device": str(device),
             "train_images": len(data), "plan": plan.config(), "growing": plain(gcfg),
@@ -262,7 +264,7 @@ def train_growing(
                        "ramp": phase.ramp, "latent": plan.latent(phase.stage), "resolution": plan.res(phase.stage),
                        **{k: sums[k] / n_sum for k in ("loss_d", "loss_g", "gp", "wasserstein")},
                        "img_per_s": (nimg - nimg_tick) / max(now - t_tick, 1e-9), "wall_s": wall_before + now - t_start}
-                _append(out_dir / "log.csv", row)
+                append_log(out_dir / "log.csv", row, LOG_COLUMNS)
                 log.info("kimg %.3f/%.3f stage %d %s ramp %.2f loss_d %.4f loss_g %.4f W %.4f %.1f img/s", row["kimg"],
                          schedule.total / 1000, phase.stage, row["phase"], phase.ramp, row["loss_d"], row["loss_g"],
                          row["wasserstein"], row["img_per_s"])
@@ -334,24 +336,4 @@ def _write_stages(path: Path, stage_stats: dict, plan: GrowthPlan) -> list[dict]
     return rows
 
 
-def _empty(columns: list[str]):
-    import pandas as pd
-
-    return pd.DataFrame(columns=columns)
-
-
-def _append(path: Path, row: dict) -> None:
-    with open(path, "a", newline="", encoding="utf-8") as fh:
-        csv.writer(fh).writerow([f"{row[c]:.6g}" if isinstance(row[c], float) else row[c] for c in LOG_COLUMNS])
-
-
-def _trim_log(path: Path, max_step: int) -> None:
-    """Keep the rows up to ``max_step`` (a killed run's rows after its last checkpoint go)."""
-    import pandas as pd
-
-    try:
-        df = pd.read_csv(path)
-    except Exception:  # noqa: BLE001 - missing or unreadable: rebuilt
-        df = _empty(LOG_COLUMNS)
-    write_table(path, df[df["step"] <= max_step] if "step" in df.columns else df.iloc[0:0])
 

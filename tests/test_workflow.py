@@ -361,3 +361,16 @@ def test_the_family_registry_drives_the_plan(tmp_path, archs):
             assert f"gan/{model_id(arch, z)}/network.pt" in out
     for other in set(families()) - set(archs):
         assert f"gan/{model_id(other, 8)}/" not in out
+
+
+STUDIES = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "config" / "studies").glob("*.yaml") if "template" not in p.name)
+
+
+@pytest.mark.parametrize("base", ["config/config.yaml", *STUDIES])
+def test_every_documented_study_plans_its_models(tmp_path, base):
+    """Each study the README shows (the demo and one per model family) validates and plans a
+    training job per (family, latent size) it lists."""
+    config, _ = study_config(tmp_path, base)
+    jobs = planned_jobs(snakemake("-n", "--configfile", str(config)))
+    gan = load_config(config)["gan"]
+    assert jobs["train_gan"] == len(gan["archs"]) * len(gan["latent_sizes"]), jobs

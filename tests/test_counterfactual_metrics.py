@@ -60,7 +60,7 @@ def test_identity_editor_scores_zero_and_unedited_effectiveness():
     assert all(d["mean"] == 0.0 for d in comp["domain"])
     new = pa.assign(edss=0.0)
     assert axioms.reversibility(identity, x, pa, new, oracle)["l1"]["mean"] == 0.0
-    assert axioms.commutativity(identity, x, pa, {"edss": 0.0}, {"age": 70.0})["l1"]["mean"] == 0.0
+    assert axioms.commutativity(identity, x, pa, new, pa.assign(age=70.0), "edss", "age")["l1"]["mean"] == 0.0
     eff = axioms.effectiveness(oracle, x, identity(x, pa, new), pa, new, ATTRS, "edss",
                                real_error={"age": {"error": 5.0}, "sex": {"error": 0.1}})
     t = eff["target"]
@@ -157,3 +157,22 @@ def test_editor_that_changes_shape_is_refused():
     x, pa = _slices(2), _parents(2)
     with pytest.raises(BrainlatentError, match="editor returned"):
         axioms.composition(lambda im, p, q: im[:1], x, pa, cycles=1)
+
+
+def test_commutativity_of_two_additive_edits_is_zero_and_of_order_dependent_ones_is_not():
+    x, pa = _slices(4), _parents(4).assign(edss=[1.0, 2.0, 3.0, 4.0])  # every row's edss changes
+    brain = measures.brain_mask(x)
+
+    def additive(images, parents, new_parents):  # each attribute adds its own change: order-free
+        d = (new_parents["edss"].to_numpy() - parents["edss"].to_numpy()) * 0.01
+        d = d + (new_parents["age"].to_numpy() - parents["age"].to_numpy()) * 0.001
+        return torch.where(brain, images + torch.tensor(d, dtype=torch.float32).view(-1, 1, 1, 1), images)
+
+    def overwrite(images, parents, new_parents):  # the last edit wins: order matters
+        changed_edss = (new_parents["edss"] != parents["edss"]).to_numpy()
+        value = np.where(changed_edss, 0.3, -0.3)
+        return torch.where(brain, torch.tensor(value, dtype=torch.float32).view(-1, 1, 1, 1).expand_as(images), images)
+
+    a, b = pa.assign(edss=0.0), pa.assign(age=pa["age"] + 10)
+    assert axioms.commutativity(additive, x, pa, a, b, "edss", "age")["l1"]["mean"] == pytest.approx(0.0, abs=1e-4)
+    assert axioms.commutativity(overwrite, x, pa, a, b, "edss", "age")["l1"]["mean"] == pytest.approx(127.5 * 0.6)

@@ -100,18 +100,18 @@ def reversibility(editor: Editor, images: torch.Tensor, parents: pd.DataFrame, n
     return {"l1": mean_se(l1_255(x0, back, brain_mask(x0))), "domain": mean_se(dom) if dom is not None else None}
 
 
-def commutativity(editor: Editor, images: torch.Tensor, parents: pd.DataFrame, a: dict, b: dict) -> dict:
-    """L1 between do(a)∘do(b) and do(b)∘do(a); ``a``, ``b`` are ``{attribute: value}`` interventions."""
+def commutativity(editor: Editor, images: torch.Tensor, parents: pd.DataFrame, after_a: pd.DataFrame,
+                  after_b: pd.DataFrame, a: str, b: str) -> dict:
+    """L1 between do(a)∘do(b) and do(b)∘do(a).
+
+    ``after_a`` / ``after_b`` are ``parents`` with attribute ``a`` / ``b`` changed (per row, so shifts
+    such as age +10 work); both orders end at the parents with both changed.
+    """
     x0 = torch.as_tensor(images).float().cpu()
-    pa, pb, pab = parents.copy(), parents.copy(), parents.copy()
-    for k, v in a.items():
-        pa[k] = v
-        pab[k] = v
-    for k, v in b.items():
-        pb[k] = v
-        pab[k] = v
-    ab = _apply(editor, _apply(editor, x0, parents, pa), pa, pab)
-    ba = _apply(editor, _apply(editor, x0, parents, pb), pb, pab)
+    both = after_a.copy()
+    both[b] = after_b[b].to_numpy()
+    ab = _apply(editor, _apply(editor, x0, parents, after_a), after_a, both)
+    ba = _apply(editor, _apply(editor, x0, parents, after_b), after_b, both)
     return {"a": a, "b": b, "l1": mean_se(l1_255(ab, ba, brain_mask(ab, ba)))}
 
 

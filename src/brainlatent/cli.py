@@ -26,6 +26,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "train-gan": ("brainlatent.train.generator", "train one generator of a registered family (StyleGAN, mapping-free GAN, ...)"),
     "generate": ("brainlatent.generate", "images from a trained network for given seeds, in Z or W"),
     "evaluate": ("brainlatent.metrics.evaluate", "PPL, path profile, linear separability or image quality for one model"),
+    "counterfactual": ("brainlatent.counterfactual.stage", "one scan's counterfactual slices (--scan --set), or a model's counterfactual metrics"),
     "aggregate": ("brainlatent.metrics.aggregate", "collect every model's metrics into one metrics.csv"),
     "report": ("brainlatent.report.build", "build the study's HTML report"),
     "batch": ("brainlatent.batch", "run many study configs and build the comparison page"),

@@ -38,6 +38,8 @@ STAGE_KEYS: dict[str, tuple[str, ...]] = {
     "train_classifier": ("seed", "attributes", "classifier", "-classifier.lpips_weights"),
     # a generator's trainer: ``"train:<family>"``, keys from brainlatent.models.families
     # a metric: ``"evaluate:<metric>"``, keys from brainlatent.metrics.registry
+    "counterfactual": ("seed", "attributes", "counterfactual", "preprocess.field_of_view_mm", "preprocess.spacing_mm",
+                       "slices.resolution"),
     "aggregate": ("study",),
     "report": ("*",),
 }

@@ -113,6 +113,20 @@ def eval_outputs():
             for z in CFG["gan"]["latent_sizes"] for metric in get_family(arch).metrics]
 
 
+def twins_manifest():
+    """The synthetic twins' slice manifest when the study renders twins, else nothing."""
+    if CFG["inputs"]["source"] == "synthetic" and CFG["synthetic"]["twins"]["enabled"]:
+        return [f"{S}/twins/slices/{RES}/manifest.parquet"]
+    return []
+
+
+def counterfactual_outputs():
+    """Every model's counterfactual metrics when counterfactual.enabled."""
+    if not CFG["counterfactual"]["enabled"]:
+        return []
+    return [f"{S}/counterfactual/{model}/metrics.json" for model in MODELS]
+
+
 def all_targets():
     return [
         f"{S}/config.yaml",
@@ -121,6 +135,7 @@ def all_targets():
         f"{S}/classifier/metrics.json",
         *model_outputs(),
         *eval_outputs(),
+        *counterfactual_outputs(),
         f"{S}/metrics.csv",
         f"{S}/report/index.html",
     ]

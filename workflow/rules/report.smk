@@ -22,6 +22,7 @@ rule report:
         manifest=f"{SLICES}/manifest.parquet",
         qc=qc_pictures,
         networks=model_outputs(),
+        counterfactual=counterfactual_outputs(),
     output:
         html=report(f"{S}/report/index.html", caption="../report/report.rst", category="Report"),
     params:

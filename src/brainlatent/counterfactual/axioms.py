@@ -69,25 +69,26 @@ def _apply(editor: Editor, images: torch.Tensor, parents: pd.DataFrame, new_pare
 def composition(editor: Editor, images: torch.Tensor, parents: pd.DataFrame, cycles: int = 10, oracle=None) -> dict:
     """Null intervention applied 1 .. ``cycles`` times; L1 and domain distance to the input per cycle.
 
-    Returns ``{"cycles": [1..], "l1": [mean_se...], "domain": [mean_se...] | None, "l1_per_image": {cycle: array}}``
-    (per-image arrays for cycles 1 and ``cycles``).
+    Returns ``{"cycles": n, "l1": {"1": mean_se, ...}, "domain": {"1": mean_se, ...} | None,
+    "l1_per_image": {cycle: array}}`` (per-image arrays for cycles 1 and ``cycles``; keys are strings
+    so the report can address every value by a dot path).
     """
     if cycles < 1:
         raise BrainlatentError(f"composition: cycles must be at least 1, got {cycles}")
     x0 = torch.as_tensor(images).float().cpu()
     mask = brain_mask(x0)
     x = x0
-    l1s, doms, per_image = [], [], {}
+    l1s, doms, per_image = {}, {}, {}
     for i in range(1, cycles + 1):
         x = _apply(editor, x, parents, parents)
         d = l1_255(x0, x, mask)
-        l1s.append(mean_se(d))
+        l1s[str(i)] = mean_se(d)
         dom = _distance(oracle, x0, x)
-        doms.append(mean_se(dom) if dom is not None else None)
+        if dom is not None:
+            doms[str(i)] = mean_se(dom)
         if i in (1, cycles):
             per_image[i] = d
-    return {"cycles": list(range(1, cycles + 1)), "l1": l1s, "domain": doms if oracle is not None else None,
-            "l1_per_image": per_image}
+    return {"cycles": cycles, "l1": l1s, "domain": doms if oracle is not None else None, "l1_per_image": per_image}
 
 
 def reversibility(editor: Editor, images: torch.Tensor, parents: pd.DataFrame, new_parents: pd.DataFrame,

@@ -54,7 +54,7 @@ from brainlatent import __version__, io
 from brainlatent.config import config_hash, load_stage_config
 from brainlatent.errors import BrainlatentError
 from brainlatent.models.families import families, model_id, parse_model_id
-from brainlatent.report import family_sections, figures, mixture_prior
+from brainlatent.report import counterfactual_section, family_sections, figures, mixture_prior
 from brainlatent.report.templating import page, render
 from brainlatent.report.primitives import (  # noqa: F401 - the primitives every section uses
     Cell,
@@ -1103,6 +1103,7 @@ class ReportSection:
             ``context(st) -> dict`` (how a generator family adds its section).
         families: the section is shown only when the study has a model of one of these families
             (empty: always).
+        when: a further condition on the study (e.g. a config switch), or None.
     """
 
     sid: str
@@ -1111,6 +1112,7 @@ class ReportSection:
     template: str | None = None
     context: Callable[[StudyFiles], dict] | None = None
     families: tuple[str, ...] = ()
+    when: Callable[[StudyFiles], bool] | None = None
 
     def render(self, st: StudyFiles, generated: str) -> str:
         if self.build is not None:
@@ -1118,6 +1120,8 @@ class ReportSection:
         return str(render(self.template, **(self.context(st) if self.context else {})))
 
     def applies(self, st: StudyFiles) -> bool:
+        if self.when is not None and not self.when(st):
+            return False
         return not self.families or any(arch in self.families for arch, _ in st.models())
 
 
@@ -1148,6 +1152,8 @@ register_section(ReportSection("conditional", "Conditional generation", template
                                context=family_sections.conditional_context, families=family_sections.CONDITIONAL))
 register_section(ReportSection("growing", "Growing GANs: is the latent space ordered?", template="sections/growing.html.j2",
                                context=family_sections.growing_context, families=family_sections.GROWING))
+register_section(ReportSection("counterfactuals", "Counterfactuals", lambda st, g: counterfactual_section.build(st, g),
+                               when=counterfactual_section.applies))
 register_section(ReportSection("mixture-prior", "Mixture-prior GAN: modes of the cohort", template="sections/mixture_prior.html.j2",
                                context=mixture_prior.context, families=mixture_prior.FAMILIES))
 

@@ -123,9 +123,11 @@ class LatentEditor:
             rows = np.flatnonzero(_differs(parents[name], new_parents[name], spec["kind"] == "numeric"))
             if rows.size == 0:
                 continue
-            keep = [k for k in (self.keep_fixed or self.specs) if k != name]
+            keep = [k for k in (self.keep_fixed or self.specs) if k != name and k in self.specs]
             targets = new_parents[name].to_numpy()[rows]
-            latent[rows] = self.directions.edit(latent[rows], name, targets, keep_fixed=keep)
+            for value in pd.unique(targets):  # one step-to-target per distinct target value
+                sub = rows[targets == value]
+                latent[sub] = self.directions.edit(latent[sub], name, value, keep_fixed=keep)
         return render(self.G, inv, latent=latent)
 
     def reconstruct(self, images: torch.Tensor, parents: pd.DataFrame) -> torch.Tensor:

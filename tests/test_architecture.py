@@ -19,6 +19,7 @@ RANKS = {
     "models": 2, "latents": 2, "labels": 2,
     "train": 3,
     "metrics": 4, "explore": 4, "generate": 4, "conditional": 4, "growing_walks": 4, "latent_groups": 2,
+    "counterfactual": 4,
     "report": 5, "batch": 5, "cli": 6, "__main__": 6,
 }
 

@@ -34,8 +34,19 @@ import pandas as pd
 import pytest
 import torch
 
-from brainlatent.counterfactual.directions import Directions, conditional_edit, fit_directions, target_class
-from brainlatent.counterfactual.projector import Inversion, brain_mask, masked_psnr, project, render
+from brainlatent.counterfactual.directions import (
+    Directions,
+    conditional_edit,
+    fit_directions,
+    target_class,
+)
+from brainlatent.counterfactual.projector import (
+    Inversion,
+    brain_mask,
+    masked_psnr,
+    project,
+    render,
+)
 from brainlatent.errors import BrainlatentError
 from brainlatent.labels import LabelEncoder
 from brainlatent.latents import sample
@@ -142,7 +153,7 @@ def test_feature_term_with_the_study_classifier_at_32_px():
 def test_same_seed_same_inversion_and_an_edit_changes_only_the_latent():
     G = tiny("stylegan")
     real = sample(G, 3, seed=11).images
-    kwargs = dict(steps=15, bank_size=8, batch_size=2)
+    kwargs = {"steps": 15, "bank_size": 8, "batch_size": 2}
     a, b = project(G, real, "w+", seed=4, **kwargs), project(G, real, "w+", seed=4, **kwargs)
     assert torch.equal(a.latent, b.latent) and torch.equal(a.images, b.images) and np.array_equal(a.loss, b.loss)
     assert all(torch.equal(x, y) for x, y in zip(a.noise, b.noise)) and len(a.noise) == len(G.noise_shapes())
@@ -243,7 +254,7 @@ def test_an_edit_reaches_the_target_margin_and_holds_the_kept_scores():
     assert torch.allclose(dirs.score(edited, "sex", "M"), torch.full((50,), dirs.target_margin("sex", "M"), dtype=w.dtype), atol=1e-4)
     for level in (0, 3, 7.5):  # every edss class's SVM score is held
         assert torch.allclose(dirs.score(edited, "edss", level), dirs.score(w, "edss", level), atol=1e-4)
-    true_b = lambda x: x.double() @ torch.as_tensor(B)  # noqa: E731
+    true_b = lambda x: x.double() @ torch.as_tensor(B)
     assert (true_b(edited) - true_b(w)).abs().max() < 0.1 * true_b(w).std()
     plain = dirs.edit(w, "sex", "M", keep_fixed=[], stop_if_reached=False)
     assert (true_b(plain) - true_b(w)).abs().max() > 0.2  # without holding, edss moves with sex

@@ -81,8 +81,8 @@ import numpy as np
 import torch
 
 from brainlatent.errors import BrainlatentError
-from brainlatent.latents import sample, sample_z, to_w  # noqa: F401  (sample: used in the docstring)
 from brainlatent.labels import SLICE
+from brainlatent.latents import sample, sample_z, to_w  # noqa: F401  (sample: used in the docstring)
 from brainlatent.metrics.features import layered_distance
 
 SPACES = ("z", "w", "w+", "zy")
@@ -513,11 +513,11 @@ def project(
         loss=np.concatenate(losses),
         history=history,
         terms={"pixel": np.concatenate(pix), "feature": np.concatenate(feat)},
-        settings=dict(space=space, steps=int(steps), lr=float(lr), pixel_weight=float(pixel_weight),
-                      feature_weight=float(feature_weight) if net is not None else 0.0, pixel_loss=pixel_loss, seed=int(seed),
-                      batch_size=int(batch_size), init=init if isinstance(init, str) else "tensor", bank_size=int(bank_size),
-                      latent_noise=float(latent_noise), noise_mode=noise_mode, mask_threshold=float(mask_threshold),
-                      optimise_labels=names),
+        settings={"space": space, "steps": int(steps), "lr": float(lr), "pixel_weight": float(pixel_weight),
+                  "feature_weight": float(feature_weight) if net is not None else 0.0, "pixel_loss": pixel_loss,
+                  "seed": int(seed), "batch_size": int(batch_size), "init": init if isinstance(init, str) else "tensor",
+                  "bank_size": int(bank_size), "latent_noise": float(latent_noise), "noise_mode": noise_mode,
+                  "mask_threshold": float(mask_threshold), "optimise_labels": names},
     )
 
 

@@ -156,6 +156,8 @@ class Directions:
             self.probs[name] = p
         self.space, self.keep_fraction, self.seed = space, float(keep_fraction), int(seed)
         self._planes: dict[tuple[str, int], Hyperplane] = {}
+        #: classes that could not be held by orthogonalisation (no hyperplane could be fitted); reported by the editor
+        self.unheld: set[str] = set()
 
     @classmethod
     def from_samples(cls, latents, probs, specs, space: str, keep_fraction: float = 0.5, seed: int = 0) -> Directions:
@@ -249,7 +251,13 @@ class Directions:
                           for k, lv in enumerate(class_names(spec)) if 0 < (labels == k).sum() < len(labels)]
                 if len(class_names(spec)) == 2:
                     values = values[-1:]  # a two-class head's two hyperplanes are one (normals opposite)
-            normals += [self.hyperplane(name, v).normal for v in values]
+            for v in values:
+                try:
+                    normals.append(self.hyperplane(name, v).normal)
+                except BrainlatentError:
+                    if eq:  # a class asked for by name must be holdable
+                        raise
+                    self.unheld.add(f"{name}={v}")  # no hyperplane (too few confident samples on one side)
         return np.stack(normals) if normals else np.zeros((0, self.dim))
 
     def direction(self, attribute: str, value, keep_fixed: Sequence[str] | None = None) -> np.ndarray:

@@ -21,6 +21,7 @@ The null intervention (``new_parents = parents``) returns the reconstruction.
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Sequence
 
 import numpy as np
@@ -30,6 +31,7 @@ import torch
 from brainlatent.counterfactual.projector import Inversion, project, render
 from brainlatent.errors import BrainlatentError
 
+log = logging.getLogger(__name__)
 
 def _differs(a: pd.Series, b: pd.Series, numeric: bool) -> np.ndarray:
     if numeric:
@@ -70,6 +72,8 @@ class LatentEditor:
         self.seed = int(seed)
         self._cache: dict[str, tuple] = {}
         self.projected = 0
+        #: target -> number of rows the directions could not edit (no hyperplane for that class)
+        self.not_edited: dict[str, int] = {}
 
     # ------------------------------------------------------------------ inversion with a cache
     def _labels(self, parents: pd.DataFrame) -> torch.Tensor | None:
@@ -127,7 +131,13 @@ class LatentEditor:
             targets = new_parents[name].to_numpy()[rows]
             for value in pd.unique(targets):  # one step-to-target per distinct target value
                 sub = rows[targets == value]
-                latent[sub] = self.directions.edit(latent[sub], name, value, keep_fixed=keep)
+                try:
+                    latent[sub] = self.directions.edit(latent[sub], name, value, keep_fixed=keep)
+                except BrainlatentError as exc:  # no hyperplane for this target: these rows stay unedited, named
+                    key = f"{name}={value}"
+                    if key not in self.not_edited:
+                        log.warning("cannot edit %s (rows left unedited): %s", key, exc)
+                    self.not_edited[key] = self.not_edited.get(key, 0) + len(sub)
         return render(self.G, inv, latent=latent)
 
     def reconstruct(self, images: torch.Tensor, parents: pd.DataFrame) -> torch.Tensor:

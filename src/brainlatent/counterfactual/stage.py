@@ -297,6 +297,8 @@ def run_study(cfg: dict, network: str, classifier: str, slices_dir: str, out: st
             entries[f"{g['attribute']}-{g['mode']}"] = entry
     result["interventions"] = entries
     result["pictures"] = pictures
+    result["not_edited"] = dict(editor.not_edited)  # targets without a hyperplane: those rows were left as reconstructions
+    result["not_held"] = sorted(getattr(editor.directions, "unheld", set()) or [])
     result["settings"] = {"counterfactual": cf, "numerics": numerics_info(dev, torch.float32), "seed": int(seed),
                           "projections": editor.projected, "seconds": round(time.perf_counter() - start, 1)}
     io.write_json(out, result)

@@ -117,6 +117,13 @@ def build(st, generated: str = "") -> str:
         lt = d.get("lesion_threshold") or {}
         parts.append(f"<h3>{esc(m)}</h3>")
         parts.append(_axiom_table(st, m))
+        if d.get("not_edited"):
+            parts.append("<p class=\"warn\">Not edited (no SVM hyperplane for the target class among the generated samples; "
+                         "these slices were left as reconstructions): "
+                         + esc(", ".join(f"{k} ({v} slices)" for k, v in d["not_edited"].items())) + ".</p>")
+        if d.get("not_held"):
+            parts.append("<p>Classes that could not be held fixed by orthogonalisation (no hyperplane): "
+                         + esc(", ".join(d["not_held"])) + ".</p>")
         parts.append(_truth_table(st, m))
         if lt.get("value") is not None:
             rel = f"counterfactual/{m}/metrics.json"

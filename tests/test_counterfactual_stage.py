@@ -150,3 +150,29 @@ def test_bad_requests_are_one_line_errors(study, tmp_path, capsys):
     assert "not a study attribute" in capsys.readouterr().err
     assert main(common + ["--scan", "sub-13_ses-01"]) == 2
     assert "needs --set" in capsys.readouterr().err
+
+
+def test_report_section_numbers_map_to_the_metrics_file(study, tmp_path):
+    import re
+
+    from brainlatent.report.build import render_report
+    from brainlatent.report.primitives import lookup
+
+    root = tmp_path / "cf"
+    folder = root / "counterfactual" / "stylegan-z8"
+    doc = run_study(study["cfg"], study["nets"]["stylegan"], study["classifier"], study["slices"], folder / "metrics.json",
+                    folder / "pictures", twins_dir=study["twins"], device="cpu")
+    cfg = dict(study["cfg"], gan=dict(study["cfg"]["gan"], archs=["stylegan"], latent_sizes=[8]))
+    page = render_report(cfg, root)
+    section = page[page.index('id="counterfactuals"'):]
+    section = section[: section.index("</section>")]
+    spans = re.findall(r'data-source="([^"]+)" data-key="([^"]+)"(?: data-format="([^"]*)")?>([^<]*)<', section)
+    assert len(spans) > 30
+    for source, key, fmt, shown in spans:
+        assert source == "counterfactual/stylegan-z8/metrics.json"
+        value = lookup(doc, key)
+        if shown == "n/a":
+            assert value is None or not math.isfinite(value), key
+        else:
+            assert format(value, fmt) == shown, (key, value, shown)
+    assert 'id="table-cf-truth-stylegan-z8"' in section and section.count("<img") == 2  # edss and sex pictures

@@ -243,7 +243,8 @@ def run_study(cfg: dict, network: str, classifier: str, slices_dir: str, out: st
             for a in attrs:
                 if a["name"] in tman.columns:
                     new[a["name"]] = tman.loc[sel, a["name"]].to_numpy()
-            label = _twin_label(tman.loc[rows], name, specs[name])
+            labels = tman.loc[rows, "label"].astype(str).unique() if "label" in tman.columns else []
+            label = labels[0] if len(labels) == 1 else _twin_label(tman.loc[rows], name, specs[name])
             groups.append({"label": label, "attribute": name, "mode": mode, "src": src_rows, "parents": parents,
                            "new": new, "twin": _images(twins["images"], sel),
                            "subjects": tman.loc[sel, "subject"].to_numpy()})

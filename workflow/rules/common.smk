@@ -113,8 +113,18 @@ def eval_outputs():
             for z in CFG["gan"]["latent_sizes"] for metric in get_family(arch).metrics]
 
 
+def twins_enabled():
+    """Counterfactual twins are made for a synthetic study that asks for them (synthetic.twins.enabled)."""
+    return CFG["inputs"]["source"] == "synthetic" and CFG["synthetic"]["twins"]["enabled"]
+
+
+def twins_targets():
+    return [f"{S}/twins/truth.tsv"] if twins_enabled() else []
+
+
 def all_targets():
     return [
+        *twins_targets(),
         f"{S}/config.yaml",
         f"{S}/inputs/inputs.ok",
         f"{SLICES}/manifest.parquet",

@@ -352,3 +352,17 @@ def test_stage_rejects_a_manifest_of_another_cohort(tmp_path):
     with pytest.raises(BrainlatentError, match=r"manifest.parquet: scan 'sub-099_ses-01' is not in .*scans.tsv"):
         synthesize_twins(cfg, tmp_path / "cohort" / "scans.tsv", slices, tmp_path / "preprocessed", tmp_path / "twins")
     assert not (tmp_path / "twins").exists()
+
+
+def test_sex_twin_head_stays_in_the_source_field_of_view(tpl):
+    """A larger (male) twin keeps its source's field of view; the margin (4-14 mm) holds its head."""
+    from brainlatent.synth.twins import head_outside_ml
+
+    plan = SubjectPlan("sub-003", "HC", "F", 3, 1)
+    renders = render_subject(plan, SEED, tpl, MODS)
+    acq = source_acquisitions(plan, SEED, renders, tpl, len(MODS))["ses-01"]
+    assert head_outside_ml(renders[0].images["flair"], tpl, acq) == 0.0
+    history = counterfactual(_history(renders), Intervention("sex", "other"), "single", "ses-01")
+    (twin,) = render_subject(plan, SEED, tpl, MODS, history=history)
+    outside = head_outside_ml(twin.images["flair"], tpl, acq)
+    assert outside < 0.01 * twin.truth["brain_volume_ml"]

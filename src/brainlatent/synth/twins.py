@@ -41,7 +41,14 @@ Output folder (written whole, then renamed into place)::
     slices/<R>/manifest.parquet         index, twin, scan, subject, session, slice, source_index,
                                         intervention, mode, label, split, <attributes> (the twin's),
                                         source_<attribute> (the source's)
-    truth.tsv                           one row per twin scan (skipped ones too)
+    truth.tsv                           one row per twin scan (skipped ones too): twin, scan, subject,
+                                        session, intervention, label, mode, source_<attr> and <attr>
+                                        (age, edss, ms_type, sex, onset_age, disease_duration), site,
+                                        source_ and twin lesion_count, lesion_volume_ml,
+                                        ventricle_volume_ml, brain_volume_ml, ventricle_widening_mm,
+                                        cortical_thinning, head_scale; skipped (the reason, empty
+                                        for a made twin), qc_failures, lesion_mask_ml,
+                                        head_outside_fov_ml, image, mask (paths in cohort/)
 
 ``<twin>`` is ``<scan>+<label>+<mode>``, e.g. ``sub-007_ses-01+edss=0+single``, ``sub-007_ses-01+age+10+causal``.
 """
@@ -288,6 +295,19 @@ def source_acquisitions(plan: SubjectPlan, seed: int, renders: list[SessionRende
     return out
 
 
+def head_outside_ml(image: np.ndarray, template: Template, acquisition: Acquisition) -> float:
+    """Volume (ml) of a twin's head (image > 0.02, as the field of view is planned) outside its
+    source's field of view: a larger (sex twin's) head can reach beyond the margin."""
+    grid = acquisition.grid
+    inside = []
+    for a in range(3):
+        world = template.affine[a, a] * np.arange(template.shape[a]) + template.affine[a, 3]
+        lo, hi = grid.origin_mm[a], grid.origin_mm[a] + (grid.shape[a] - 1) * grid.voxel_mm[a]
+        inside.append((world >= lo) & (world <= hi))
+    box = inside[0][:, None, None] & inside[1][None, :, None] & inside[2][None, None, :]
+    return float(((image > 0.02) & ~box).sum()) * template.voxel_ml
+
+
 # --------------------------------------------------------------------------------------------
 # the stage
 
@@ -431,6 +451,7 @@ def twin_subject(job: _SubjectJob) -> dict:
                 paths, acq_truth = acquire_session(render.images, render.brain, render.lesion, template, site, acq.noise_rng(),
                                                    out / "cohort", twin, acquisition=acq)
                 rendered = time.perf_counter() - start
+                outside = head_outside_ml(render.images[modalities[0]], template, acq)
                 mask_arg = None
                 if cfg["preprocess"]["mask"]["source"] == "table":
                     mask_arg = out / "cohort" / paths["mask"]
@@ -448,7 +469,7 @@ def twin_subject(job: _SubjectJob) -> dict:
                                  "source_index": int(srow["index"]), "intervention": intervention.attribute, "label": intervention.label,
                                  "mode": mode, "split": srow["split"], "new": new, "source": src.clinical})
                 truth_rows.append({**row, **_truth_volumes(render.truth), "qc_failures": "; ".join(summary["qc"]["failures"]),
-                                   "lesion_mask_ml": acq_truth["lesion_mask_ml"],
+                                   "lesion_mask_ml": acq_truth["lesion_mask_ml"], "head_outside_fov_ml": round(outside, 2),
                                    "image": paths[modality], "mask": paths["mask"]})
     return {"rows": rows, "truth": truth_rows, "images": images, "lesions": lesions, "source_lesions": source_lesions, "seconds": seconds}
 

@@ -21,6 +21,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "synthesize": ("brainlatent.synth.cohort", "write the synthetic MS cohort (NIfTI, participants, truth)"),
     "validate-inputs": ("brainlatent.inputs", "check the scans table and every image header; write the normalised table"),
     "preprocess": ("brainlatent.preprocess", "reorient, resample, bias-correct, mask, normalise one scan; QC picture"),
+    "twins": ("brainlatent.synth.twins", "counterfactual twins of the synthetic test subjects (one attribute changed), preprocessed and sliced"),
     "slice": ("brainlatent.slices", "build the 2D slice dataset (memmap + manifest + subject-level split)"),
     "train-classifier": ("brainlatent.train.classifier", "train the VGG-16 attribute classifier"),
     "train-gan": ("brainlatent.train.generator", "train one generator of a registered family (StyleGAN, mapping-free GAN, ...)"),

@@ -909,6 +909,7 @@ def preprocess_scan(
     out_image: str | os.PathLike,
     out_mask: str | os.PathLike,
     out_qc_png: str | os.PathLike | None,
+    box_affine: np.ndarray | None = None,
 ) -> dict:
     """Preprocess one scan and write its image, mask and QC picture.
 
@@ -920,6 +921,9 @@ def preprocess_scan(
             e.g. 120 x 144 x 120 for 1.5 mm and a 180 x 216 x 180 mm box.
         out_mask: output uint8 brain mask on the same grid.
         out_qc_png: QC picture (three views with the mask outline); ``None`` to skip.
+        box_affine: place the output box here (the 4 x 4 affine of an earlier output) instead of
+            centring it on the brain mask; the box then depends on the input's grid alone (a
+            counterfactual twin is preprocessed into its source's box, so slice indices correspond).
 
     Returns:
         A JSON-able summary: input shape/spacing/orientation/dtype, output shape/spacing, brain volume
@@ -1001,7 +1005,14 @@ def preprocess_scan(
     lap("brain_mask")
 
     # the output box, centred on the brain's centre of mass
-    centre = np.array([np.mean(ix) for ix in np.nonzero(brain)])
+    if box_affine is None:
+        centre = np.array([np.mean(ix) for ix in np.nonzero(brain)])
+    else:
+        box_affine = np.asarray(box_affine, dtype=float)
+        if not np.allclose(box_affine[:3, :3], grid_affine[:3, :3], atol=1e-4):
+            raise BrainlatentError(f"{image_path}: the given output box has voxel axes {np.diag(box_affine)[:3].tolist()}; expected the RAS grid of preprocess.spacing_mm {spacing.tolist()}")
+        start = np.linalg.solve(grid_affine, box_affine[:, 3])[:3]  # the box's first voxel on the working grid
+        centre = start + (np.asarray(fov_shape) - 1) / 2.0
     (image, out_msk, head), out_affine = crop_or_pad([image, brain.astype(np.uint8), head], grid_affine, centre, fov_shape)
     brain = out_msk.astype(bool)
     kept = float(brain.sum()) * voxel_ml / brain_ml

@@ -22,7 +22,9 @@ from brainlatent.errors import BrainlatentError
 
 #: the config keys each stage's code reads (see the module docstring for the selector syntax)
 STAGE_KEYS: dict[str, tuple[str, ...]] = {
-    "synthesize": ("seed", "synthetic"),
+    "synthesize": ("seed", "synthetic", "-synthetic.twins"),
+    # counterfactual twins: the cohort's generator, the study's preprocessing and slice geometry
+    "twins": ("seed", "synthetic", "inputs.modality", "preprocess", "slices.resolution", "attributes[].name"),
     "validate_inputs": (
         "inputs",
         "preprocess.mask.source",

@@ -113,11 +113,18 @@ def eval_outputs():
             for z in CFG["gan"]["latent_sizes"] for metric in get_family(arch).metrics]
 
 
+def twins_enabled():
+    """Counterfactual twins are made for a synthetic study that asks for them (synthetic.twins.enabled)."""
+    return CFG["inputs"]["source"] == "synthetic" and CFG["synthetic"]["twins"]["enabled"]
+
+
+def twins_targets():
+    return [f"{S}/twins/truth.tsv"] if twins_enabled() else []
+
+
 def twins_manifest():
     """The synthetic twins' slice manifest when the study renders twins, else nothing."""
-    if CFG["inputs"]["source"] == "synthetic" and CFG["synthetic"]["twins"]["enabled"]:
-        return [f"{S}/twins/slices/{RES}/manifest.parquet"]
-    return []
+    return [f"{S}/twins/slices/{RES}/manifest.parquet"] if twins_enabled() else []
 
 
 def counterfactual_outputs():
@@ -129,6 +136,7 @@ def counterfactual_outputs():
 
 def all_targets():
     return [
+        *twins_targets(),
         f"{S}/config.yaml",
         f"{S}/inputs/inputs.ok",
         f"{SLICES}/manifest.parquet",

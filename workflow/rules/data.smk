@@ -1,4 +1,5 @@
-# Data stage: synthetic cohort (optional) -> validated scans table -> preprocessed scans -> slices.
+# Data stage: synthetic cohort (optional) -> validated scans table -> preprocessed scans -> slices
+# (-> counterfactual twins of the synthetic test subjects, when synthetic.twins.enabled).
 
 
 rule synthesize_cohort:
@@ -96,3 +97,35 @@ rule slice_dataset:
         # QC failures and exclusions (WARNING/error lines) are shown on the console too, not only in the log
         "brainlatent slice --config {params.config:q} --scans {input.scans:q} --preprocessed {params.preprocessed:q}"
         " --out {params.out:q} 2> {log:q} || rc=$?; grep -E -A1000 'WARNING|error' {log:q} >&2 || true; exit ${{rc:-0}}"
+
+
+if twins_enabled():
+
+    rule synthesize_twins:
+        input:
+            scans=f"{S}/cohort/scans.tsv",
+            manifest=f"{SLICES}/manifest.parquet",
+            images=preprocessed("images"),
+        output:
+            truth=f"{S}/twins/truth.tsv",
+            manifest=f"{S}/twins/slices/{RES}/manifest.parquet",
+            images=f"{S}/twins/slices/{RES}/images.npy",
+            lesions=f"{S}/twins/slices/{RES}/lesions.npy",
+            source_lesions=f"{S}/twins/slices/{RES}/source_lesions.npy",
+        params:
+            config=stage_config("twins"),
+            slices=input_folder("manifest"),
+            preprocessed=lambda w: f"{S}/preprocessed",
+            out=output_folder("truth"),
+        log:
+            f"{LOGS}/synthesize_twins.log",
+        benchmark:
+            f"{BENCH}/synthesize_twins.tsv"
+        threads: CFG["synthetic"]["workers"]
+        resources:
+            **CPU,
+        conda:
+            ENV
+        shell:
+            "brainlatent twins --config {params.config:q} --scans {input.scans:q} --slices {params.slices:q}"
+            " --preprocessed {params.preprocessed:q} --out {params.out:q} --workers {threads} 2> {log:q}"

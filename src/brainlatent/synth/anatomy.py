@@ -148,36 +148,84 @@ def atrophy(anatomy: SubjectAnatomy, clinical: Clinical) -> tuple[float, float]:
     return float(np.clip(widen, 0.0, 5.0)), float(np.clip(thin, 0.0, 0.6))
 
 
-def _lesion_radius(rng: np.random.Generator, edss: float) -> float:
-    return float(np.exp(rng.normal(np.log(4.0), 0.35)) * (1.0 + 0.12 * edss))
+def _lesion_size(edss: float) -> float:
+    """Linear size factor of every lesion at ``edss`` (lesions are larger in more disabled patients)."""
+    return 1.0 + 0.12 * edss
 
 
-def _new_lesions(rng: np.random.Generator, template: Template, n: int, edss: float) -> list[Lesion]:
-    if n == 0:
-        return []
-    idx = rng.choice(len(template.lesion_sites), size=n, p=template.lesion_weights)
+def _lesion_radius(rng: np.random.Generator) -> float:
+    """Base (EDSS 0) radius (mm) of one lesion; :func:`_lesion_size` scales it."""
+    return float(np.exp(rng.normal(np.log(4.0), 0.35)))
+
+
+def poisson_quantile(u: float, mean: float) -> int:
+    """Smallest ``n`` with ``P(Poisson(mean) <= n) >= u`` (the inverse CDF; 0 for ``mean <= 0``).
+
+    Drawing a count as the quantile of a fixed uniform keeps it monotone in ``mean``: the same
+    subject with a lower mean has a count no larger (lesions of a lower-EDSS twin are a subset).
+
+    Example:
+        >>> poisson_quantile(0.5, 3.0), poisson_quantile(0.5, 0.0)
+        (3, 0)
+    """
+    if mean <= 0.0:
+        return 0
+    n, p = 0, float(np.exp(-mean))
+    cdf = p
+    while cdf < u and n < 10_000:
+        n += 1
+        p *= mean / n
+        cdf += p
+    return n
+
+
+def lesion_candidates(rng: np.random.Generator, template: Template, n: int) -> list[Lesion]:
+    """The first ``n`` of a subject's candidate lesions at their base (EDSS 0) size.
+
+    Candidates are drawn one after another from ``rng``, so the first ``n`` are the same whatever
+    is drawn later: a subject's list is fixed and independent of EDSS, and its sessions (and twins)
+    take a prefix of it.
+    """
+    cdf = np.cumsum(template.lesion_weights)
     lesions = []
-    for k in idx:
-        radius = _lesion_radius(rng, edss)
+    for _ in range(n):
+        k = min(int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right")), len(cdf) - 1)
+        radius = _lesion_radius(rng)
         radii = radius * np.array([1.0, rng.uniform(0.6, 1.0), rng.uniform(0.5, 0.9)])
         centre = template.lesion_sites[k] + rng.uniform(-0.5, 0.5, size=3)
         lesions.append(Lesion(centre, radii, Rotation.random(random_state=rng).as_matrix()))
     return lesions
 
 
+def _sized(lesions: list[Lesion], edss: float) -> list[Lesion]:
+    return [replace(les, radii_mm=les.radii_mm * _lesion_size(edss)) for les in lesions]
+
+
 def draw_lesions(rng: np.random.Generator, template: Template, clinical: Clinical) -> list[Lesion]:
-    """Baseline lesions: their number (Poisson) and size grow with EDSS; none for HC."""
+    """Baseline lesions: their number (Poisson) and size grow with EDSS; none for HC.
+
+    The count is the Poisson quantile of one uniform drawn first (:func:`poisson_quantile`), the
+    lesions are the first ``count`` of the subject's candidates (:func:`lesion_candidates`), each
+    scaled by the EDSS size factor: with the same ``rng`` state, a lower EDSS gives a subset of the
+    lesions, each smaller.
+    """
     mean = LESION_LOAD[clinical.ms_type] * (3.0 + 3.5 * clinical.edss)
-    return _new_lesions(rng, template, int(rng.poisson(mean)), clinical.edss)
+    n = poisson_quantile(float(rng.uniform()), mean)
+    return _sized(lesion_candidates(rng, template, n), clinical.edss)
 
 
 def progress_lesions(
     rng: np.random.Generator, template: Template, lesions: list[Lesion], clinical: Clinical, years: float
 ) -> list[Lesion]:
-    """Follow-up lesions: every old lesion persists (slightly grown) and new ones appear."""
-    grown = [replace(les, radii_mm=les.radii_mm * (1.0 + 0.03 * years * rng.uniform())) for les in lesions]
-    n_new = int(rng.poisson(NEW_LESIONS_PER_YEAR[clinical.ms_type] * years))
-    return grown + _new_lesions(rng, template, n_new, clinical.edss)
+    """Follow-up lesions: every old lesion persists (slightly grown) and new ones appear.
+
+    The growth of old lesion ``k`` comes from its own draw of a separate stream and the new lesions'
+    count from a uniform (Poisson quantile), so neither depends on how many old lesions there are.
+    """
+    growth_rng = np.random.default_rng(int(rng.integers(2**63)))
+    n_new = poisson_quantile(float(rng.uniform()), NEW_LESIONS_PER_YEAR[clinical.ms_type] * years)
+    grown = [replace(les, radii_mm=les.radii_mm * (1.0 + 0.03 * years * growth_rng.uniform())) for les in lesions]
+    return grown + _sized(lesion_candidates(rng, template, n_new), clinical.edss)
 
 
 def render_lesions(template: Template, lesions: list[Lesion], cap_mm: float) -> np.ndarray:

@@ -11,6 +11,11 @@ Two levels of randomness keep a cohort reproducible whatever the number of worke
   male, which site scans them and who has a follow-up session (exact shares, largest remainder);
 * :func:`draw_baseline` and :func:`draw_follow_up` draw everything else from the subject's own
   random generator (``derive_seed(seed, "synthesize", subject_id)``).
+
+The EDSS draws are *abductable*: a session keeps the standard-normal noise of its EDSS
+(``edss_z``) and of its follow-up progression (``progression_z``), and :func:`baseline_edss` /
+:func:`follow_up_edss` are the deterministic rest of the model, so a counterfactual twin
+(:mod:`brainlatent.synth.twins`) can recompute EDSS for another age or MS course with the same noise.
 """
 
 from __future__ import annotations
@@ -74,6 +79,9 @@ class Clinical:
         sex: ``F`` or ``M``.
         onset_age: age at disease onset (NaN for HC).
         disease_duration: years since onset (NaN for HC).
+        edss_z: standard-normal noise of the baseline EDSS model (NaN for HC).
+        progression_z: standard-normal noise of the EDSS progression up to this session (NaN at
+            baseline and for HC).
     """
 
     age: float
@@ -82,9 +90,15 @@ class Clinical:
     sex: str
     onset_age: float
     disease_duration: float
+    edss_z: float = float("nan")
+    progression_z: float = float("nan")
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        """The observable attributes (the noise terms ``edss_z``, ``progression_z`` are left out)."""
+        out = asdict(self)
+        out.pop("edss_z")
+        out.pop("progression_z")
+        return out
 
 
 def _quota(n: int, shares: dict[str, float]) -> list[str]:
@@ -146,6 +160,27 @@ def _round_edss(value: float) -> float:
     return float(np.clip(np.round(value * 2.0) / 2.0, 0.0, EDSS_MAX))
 
 
+def baseline_edss(ms_type: str, age: float, duration: float, z: float) -> float:
+    """EDSS of the baseline model for a given age, disease duration and standard-normal noise ``z``.
+
+    ``0`` for HC. Rounded to 0.5 steps and clipped to the course's range, as :func:`draw_baseline`.
+    """
+    if ms_type == "HC":
+        return 0.0
+    b0, b_dur, b_age, sd, e_lo, e_hi = _EDSS_MODEL[ms_type]
+    edss = b0 + b_dur * duration + b_age * (age - 35.0) + sd * z
+    return _round_edss(float(np.clip(edss, e_lo, e_hi)))
+
+
+def follow_up_edss(ms_type: str, base_edss: float, years: float, z: float) -> float:
+    """EDSS ``years`` after a session with ``base_edss``, for progression noise ``z`` (never lower)."""
+    if ms_type == "HC":
+        return base_edss
+    mean, sd = _EDSS_RATE[ms_type]
+    edss = _round_edss(base_edss + max(0.0, mean * years + sd * years * z))
+    return max(edss, base_edss)
+
+
 def draw_baseline(rng: np.random.Generator, ms_type: str, sex: str) -> Clinical:
     """Age, onset, duration and EDSS at the first session of one subject.
 
@@ -169,10 +204,11 @@ def draw_baseline(rng: np.random.Generator, ms_type: str, sex: str) -> Clinical:
     if age < lo:
         age, onset = lo + float(rng.uniform(0.0, 2.0)), min(onset, lo)
         duration = age - onset
-    b0, b_dur, b_age, sd, e_lo, e_hi = _EDSS_MODEL[ms_type]
-    edss = b0 + b_dur * duration + b_age * (age - 35.0) + rng.normal(0.0, sd)
-    edss = _round_edss(float(np.clip(edss, e_lo, e_hi)))
-    return Clinical(round(age, 1), edss, ms_type, sex, round(onset, 1), round(duration, 1))
+    z = float(rng.standard_normal())  # the same draw as rng.normal(0, sd) = sd * z
+    # EDSS from the recorded (rounded) age and duration, so that it can be recomputed from them
+    age, duration = round(age, 1), round(duration, 1)
+    edss = baseline_edss(ms_type, age, duration, z)
+    return Clinical(age, edss, ms_type, sex, round(onset, 1), duration, edss_z=z)
 
 
 def draw_follow_up(rng: np.random.Generator, base: Clinical, years: float) -> Clinical:
@@ -183,13 +219,10 @@ def draw_follow_up(rng: np.random.Generator, base: Clinical, years: float) -> Cl
         base: the clinical state at the earlier session.
         years: time between sessions.
     """
-    mean, sd = _EDSS_RATE[base.ms_type]
-    edss = base.edss
-    if base.ms_type != "HC":
-        edss = _round_edss(base.edss + max(0.0, rng.normal(mean * years, sd * years)))
-        edss = max(edss, base.edss)
+    z = float(rng.standard_normal()) if base.ms_type != "HC" else float("nan")
+    edss = follow_up_edss(base.ms_type, base.edss, years, z)
     duration = base.disease_duration + years if base.ms_type != "HC" else float("nan")
-    return replace(base, age=round(base.age + years, 1), edss=edss, disease_duration=round(duration, 1))
+    return replace(base, age=round(base.age + years, 1), edss=edss, disease_duration=round(duration, 1), progression_z=z)
 
 
 def sample_attributes(

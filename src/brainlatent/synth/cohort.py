@@ -22,6 +22,7 @@ acquisition (``voxel_size_mm`` and ``shape`` in stored axis order, ``orientation
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 import multiprocessing as mp
 import sys
@@ -41,6 +42,7 @@ from brainlatent.synth import anatomy as anat
 from brainlatent.synth.clinical import Clinical, SubjectPlan, draw_baseline, draw_follow_up, plan_cohort, subject_rngs
 from brainlatent.synth.contrast import (
     SITES,
+    Grid,
     Site,
     bias_field,
     field_of_view,
@@ -66,17 +68,34 @@ class _Job:
     out_dir: str
 
 
-def _sessions(job: _Job, rngs: dict, template) -> list[tuple[str, Clinical, list, float]]:
-    """``(session, clinical, lesions, years since baseline)`` for each of the subject's sessions."""
-    plan = job.plan
+def session_history(plan: SubjectPlan, rngs: dict) -> list[tuple[str, Clinical, float]]:
+    """``(session, clinical, years since baseline)`` for each of the subject's sessions."""
     base = draw_baseline(rngs["clinical"], plan.ms_type, plan.sex)
-    lesions = anat.draw_lesions(rngs["ses-01"], template, base)
-    out = [("ses-01", base, lesions, 0.0)]
+    out = [("ses-01", base, 0.0)]
     if plan.n_sessions > 1:
         years = float(rngs["ses-02"].uniform(1.0, 3.0))
-        follow = draw_follow_up(rngs["clinical"], base, years)
-        out.append(("ses-02", follow, anat.progress_lesions(rngs["ses-02"], template, lesions, follow, years), years))
+        out.append(("ses-02", draw_follow_up(rngs["clinical"], base, years), years))
     return out
+
+
+def session_lesions(rngs: dict, template: Template, history: list[tuple[str, Clinical, float]]) -> list[list]:
+    """The lesions of each session of ``history`` (a subject's, or a twin's with other attributes).
+
+    Uses the ``ses-01`` stream and, after :func:`session_history` drew the follow-up interval, the
+    ``ses-02`` stream: lesion identity (sites, shapes, base sizes, count uniforms) does not depend on
+    the clinical state, only which of the candidates are present and how large they are.
+    """
+    lesions = [anat.draw_lesions(rngs["ses-01"], template, history[0][1])]
+    for _, clinical, years in history[1:]:
+        lesions.append(anat.progress_lesions(rngs["ses-02"], template, lesions[0], clinical, years))
+    return lesions
+
+
+def _sessions(job: _Job, rngs: dict, template) -> list[tuple[str, Clinical, list, float]]:
+    """``(session, clinical, lesions, years since baseline)`` for each of the subject's sessions."""
+    history = session_history(job.plan, rngs)
+    lesions = session_lesions(rngs, template, history)
+    return [(session, clinical, les, years) for (session, clinical, years), les in zip(history, lesions)]
 
 
 def render_session(
@@ -86,15 +105,21 @@ def render_session(
     lesions: list[anat.Lesion],
     modalities: tuple[str, ...],
     texture: np.ndarray,
+    cap_mm: float | None = None,
 ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, dict[str, float]]:
     """One session in the subject's native space (the template grid), before acquisition.
+
+    Args:
+        cap_mm: periventricular lesion rim thickness; ``None``: the session's own
+            (:func:`anatomy.cap_thickness`). Tests of twins set it to isolate the atrophy's effect.
 
     Returns:
         ``(images, brain, lesion, truth)``: noise-free image per modality, soft brain mask and
         lesion fraction (all ``X x Y x Z`` float32), and true volumes/atrophy parameters.
     """
     widen, thin = anat.atrophy(anatomy, clinical)
-    lesion_map = anat.render_lesions(template, lesions, anat.cap_thickness(anatomy, clinical))
+    cap = anat.cap_thickness(anatomy, clinical) if cap_mm is None else cap_mm
+    lesion_map = anat.render_lesions(template, lesions, cap)
     fractions = anat.tissue_fractions(template, anatomy, thin, lesion_map)
     coords = anat.subject_coordinates(template, anatomy, widen)
     images = {
@@ -115,6 +140,35 @@ def render_session(
     return images, brain, lesion, truth
 
 
+@dataclass(frozen=True)
+class Acquisition:
+    """What a site's acquisition of one session drew: output grid, bias field, noise generator state.
+
+    Args:
+        grid: the field of view (planned around the session's head).
+        bias: multiplicative bias field on the subject grid, ``X x Y x Z`` float32.
+        noise_state: the acquisition generator's state just before the Rician noise was drawn;
+            :meth:`noise_rng` replays the same noise (a twin acquired like its source).
+    """
+
+    grid: Grid
+    bias: np.ndarray
+    noise_state: dict
+
+    def noise_rng(self) -> np.random.Generator:
+        bitgen = getattr(np.random, self.noise_state["bit_generator"])()
+        bitgen.state = self.noise_state
+        return np.random.Generator(bitgen)
+
+
+def plan_acquisition(images: dict[str, np.ndarray], template: Template, site: Site, rng: np.random.Generator) -> Acquisition:
+    """Plan the field of view around the head and draw the bias field (the draws before the noise)."""
+    head = next(iter(images.values())) > 0.02
+    grid = field_of_view(head, template.affine, site.voxel_mm, rng.uniform(4.0, 14.0, size=3))
+    bias = bias_field(rng, template.shape, template.resolution_mm, site.bias)
+    return Acquisition(grid, bias, copy.deepcopy(rng.bit_generator.state))
+
+
 def acquire_session(
     images: dict[str, np.ndarray],
     brain: np.ndarray,
@@ -124,15 +178,22 @@ def acquire_session(
     rng: np.random.Generator,
     out_dir: Path,
     scan: str,
+    acquisition: Acquisition | None = None,
 ) -> tuple[dict[str, str], dict]:
     """Acquire one session at ``site`` and write its images, brain mask and lesion mask.
+
+    Args:
+        rng: the subject's acquisition generator; with ``acquisition`` given, the generator the
+            noise is drawn from (:meth:`Acquisition.noise_rng`).
+        acquisition: grid and bias field to use (a twin reuses its source's); ``None``: planned
+            here from ``rng`` (:func:`plan_acquisition`).
 
     Returns:
         ``(paths, truth)``: path per modality (relative to ``out_dir``) and acquisition facts.
     """
-    head = next(iter(images.values())) > 0.02
-    grid = field_of_view(head, template.affine, site.voxel_mm, rng.uniform(4.0, 14.0, size=3))
-    bias = bias_field(rng, template.shape, template.resolution_mm, site.bias)
+    if acquisition is None:
+        acquisition = plan_acquisition(images, template, site, rng)
+    grid, bias = acquisition.grid, acquisition.bias
     paths = {}
     for modality, image in images.items():
         data = resample(image * bias, template.affine, grid) * np.float32(site.gain)

@@ -28,6 +28,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from brainlatent.attributes import class_names
+from brainlatent.counterfactual.directions import target_class
 from brainlatent.counterfactual.projector import Inversion, project, render
 from brainlatent.errors import BrainlatentError
 
@@ -134,7 +136,7 @@ class LatentEditor:
                 try:
                     latent[sub] = self.directions.edit(latent[sub], name, value, keep_fixed=keep)
                 except BrainlatentError as exc:  # no hyperplane for this target: these rows stay unedited, named
-                    key = f"{name}={value}"
+                    key = f"{name}={class_names(spec)[target_class(spec, value)]}"  # per target class
                     if key not in self.not_edited:
                         log.warning("cannot edit %s (rows left unedited): %s", key, exc)
                     self.not_edited[key] = self.not_edited.get(key, 0) + len(sub)

@@ -13,7 +13,8 @@ Output folder (written whole into a temporary folder, then renamed into place)::
 ``<scan>`` is ``<subject>_<session>``, e.g. ``sub-007_ses-02``. ``truth.tsv`` holds, per scan, the
 session's attributes, ``years_since_baseline``, ``lesion_count``, ``lesion_volume_ml`` (soft, native
 grid), ``lesion_mask_ml`` (the written mask), ``brain_volume_ml`` (GM + WM + lesions),
-``ventricle_volume_ml``, ``mask_volume_ml``, the atrophy parameters, ``head_scale`` and the
+``ventricle_volume_ml``, ``mask_volume_ml``, the atrophy parameters, the periventricular rim
+(``periventricular_cap_mm``), ``head_scale`` and the
 acquisition (``voxel_size_mm`` and ``shape`` in stored axis order, ``orientation``, ``dtype``,
 ``scl_slope``, ``noise``). Each subject's draws come from
 ``derive_seed(seed, "synthesize", subject)``, so the files do not depend on the worker count.
@@ -39,6 +40,7 @@ from brainlatent.errors import BrainlatentError
 from brainlatent.io import atomic_dir, write_json, write_table
 from brainlatent.synth import anatomy as anat
 from brainlatent.synth.clinical import Clinical, SubjectPlan, draw_baseline, draw_follow_up, plan_cohort, subject_rngs
+from brainlatent.synth.effects import Effects, default_effects
 from brainlatent.synth.contrast import (
     SITES,
     Site,
@@ -64,18 +66,20 @@ class _Job:
     resolution_mm: int
     modalities: tuple[str, ...]
     out_dir: str
+    effects: Effects
 
 
 def _sessions(job: _Job, rngs: dict, template) -> list[tuple[str, Clinical, list, float]]:
     """``(session, clinical, lesions, years since baseline)`` for each of the subject's sessions."""
     plan = job.plan
     base = draw_baseline(rngs["clinical"], plan.ms_type, plan.sex)
-    lesions = anat.draw_lesions(rngs["ses-01"], template, base)
+    fx = job.effects
+    lesions = anat.draw_lesions(rngs["ses-01"], template, base, effects=fx)
     out = [("ses-01", base, lesions, 0.0)]
     if plan.n_sessions > 1:
         years = float(rngs["ses-02"].uniform(1.0, 3.0))
         follow = draw_follow_up(rngs["clinical"], base, years)
-        out.append(("ses-02", follow, anat.progress_lesions(rngs["ses-02"], template, lesions, follow, years), years))
+        out.append(("ses-02", follow, anat.progress_lesions(rngs["ses-02"], template, lesions, follow, years, effects=fx), years))
     return out
 
 
@@ -86,15 +90,22 @@ def render_session(
     lesions: list[anat.Lesion],
     modalities: tuple[str, ...],
     texture: np.ndarray,
+    effects: Effects | None = None,
 ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, dict[str, float]]:
     """One session in the subject's native space (the template grid), before acquisition.
+
+    A pure function of its arguments: re-rendering with a changed ``clinical`` (and the lesions
+    drawn for it) changes only that attribute's effects. ``effects``: the effect sizes (default:
+    the schema's).
 
     Returns:
         ``(images, brain, lesion, truth)``: noise-free image per modality, soft brain mask and
         lesion fraction (all ``X x Y x Z`` float32), and true volumes/atrophy parameters.
     """
-    widen, thin = anat.atrophy(anatomy, clinical)
-    lesion_map = anat.render_lesions(template, lesions, anat.cap_thickness(anatomy, clinical))
+    fx = effects or default_effects()
+    widen, thin = anat.atrophy(anatomy, clinical, effects=fx)
+    cap_mm = anat.cap_thickness(anatomy, clinical, effects=fx)
+    lesion_map = anat.render_lesions(template, lesions, cap_mm)
     fractions = anat.tissue_fractions(template, anatomy, thin, lesion_map)
     coords = anat.subject_coordinates(template, anatomy, widen)
     images = {
@@ -110,6 +121,7 @@ def render_session(
         "ventricle_volume_ml": round(anat.warped_volume_ml(template.ventricles, coords, template.voxel_ml), 2),
         "ventricle_widening_mm": round(widen, 3),
         "cortical_thinning": round(thin, 3),
+        "periventricular_cap_mm": round(cap_mm, 3),
         "head_scale": round(anatomy.scale, 4),
     }
     return images, brain, lesion, truth
@@ -177,7 +189,7 @@ def synthesize_subject(job: _Job) -> dict:
     for session, clinical, lesions, years in sessions:
         scan = f"{plan.subject}_{session}"
         images, brain, lesion, anatomy_truth = render_session(
-            template, anatomy, clinical, lesions, job.modalities, texture
+            template, anatomy, clinical, lesions, job.modalities, texture, job.effects
         )
         paths, acq_truth = acquire_session(
             images, brain, lesion, template, site, rngs["acquisition"], Path(job.out_dir), scan
@@ -253,7 +265,8 @@ def synthesize_cohort(cfg: dict, out_dir: Path, workers: int | None = None) -> p
     with atomic_dir(out_dir) as tmp:
         for sub in ("images", "masks", "lesions"):
             (tmp / sub).mkdir()
-        jobs = [_Job(p, cfg["seed"], syn["template_resolution_mm"], modalities, str(tmp)) for p in plans]
+        effects = Effects.from_config(syn["effects"])
+        jobs = [_Job(p, cfg["seed"], syn["template_resolution_mm"], modalities, str(tmp), effects) for p in plans]
         if workers == 1:
             results = list(_progress(map(synthesize_subject, jobs), len(jobs), "synthesize"))
         else:

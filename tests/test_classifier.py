@@ -20,6 +20,7 @@ from brainlatent.io import load_torch
 from brainlatent.models.vgg import VGG16Classifier, VGG16Trunk
 from brainlatent.train.classifier import (
     SliceAugment,
+    balanced_accuracy_ci,
     class_weights,
     head_loss,
     head_metrics,
@@ -254,6 +255,55 @@ def test_head_metrics_balanced_accuracy_uses_the_balanced_decision():
     assert m["accuracy"] == pytest.approx(3 / 4) and m["confusion_matrix"] == [[3, 0], [1, 0]]
     assert m["balanced_accuracy"] == pytest.approx((2 / 3 + 1) / 2)
     assert m["chance_balanced_accuracy"] == pytest.approx(1 / 2)
+
+
+def _clustered(n_subjects: int, k: int, per_class: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Every subject has ``per_class`` rows of each of ``k`` classes: labels and subject ids."""
+    y = np.tile(np.repeat(np.arange(k), per_class), n_subjects)
+    groups = np.repeat([f"sub-{i:03d}" for i in range(n_subjects)], k * per_class)
+    return y, groups
+
+
+def test_balanced_accuracy_ci_perfect_predictions_is_one():
+    y = np.array([0, 0, 1, 2, 2, 3, 1, 0])
+    groups = np.array(["a", "a", "b", "b", "c", "c", "d", "d"])
+    assert balanced_accuracy_ci(y, y.copy(), groups, seed=3) == (1.0, 1.0)
+
+
+@pytest.mark.parametrize("k", [2, 4, 5])
+def test_balanced_accuracy_ci_constant_predictions_is_chance(k):
+    y, groups = _clustered(n_subjects=7, k=k)
+    low, high = balanced_accuracy_ci(y, np.zeros_like(y), groups, seed=1)  # recall 1 for class 0, 0 for the rest
+    assert low == pytest.approx(1 / k) and high == pytest.approx(1 / k)
+
+
+def test_balanced_accuracy_ci_resamples_subjects_not_slices():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, size=40)
+    pred = np.where(rng.uniform(size=40) < 0.6, y, rng.integers(0, 3, size=40))
+    groups = np.repeat(np.arange(10), 4)
+    base = balanced_accuracy_ci(y, pred, groups, seed=5)
+    # ten copies of every slice (same subjects): a slice-level bootstrap would narrow, a subject-level one must not
+    copies = balanced_accuracy_ci(np.repeat(y, 10), np.repeat(pred, 10), np.repeat(groups, 10), seed=5)
+    assert copies == pytest.approx(base)
+    assert balanced_accuracy_ci(y, pred, groups, seed=5) == base  # seeded
+    from sklearn.metrics import balanced_accuracy_score
+
+    assert base[0] < balanced_accuracy_score(y, pred) < base[1]
+    assert base[1] - base[0] > 0.05  # 10 subjects: a wide interval
+    assert balanced_accuracy_ci(np.zeros(0, int), np.zeros(0, int), np.zeros(0), seed=0) is None
+
+
+def test_head_metrics_ci_and_above_baseline():
+    attr = {"name": "ms_type", "kind": "categorical", "levels": ["HC", "RRMS", "SPMS", "PPMS"]}
+    y, groups = _clustered(n_subjects=12, k=4)
+    one_hot = np.eye(4)[y]
+    good = head_metrics(attr, y, one_hot, majority_class=1, groups=groups, seed=0)
+    assert good["balanced_accuracy_ci"] == {"low": 1.0, "high": 1.0} and good["above_baseline"] is True
+    const = np.tile([0.1, 0.7, 0.1, 0.1], (len(y), 1))
+    bad = head_metrics(attr, y, const, majority_class=1, groups=groups, seed=0)
+    assert bad["balanced_accuracy"] == pytest.approx(0.25) and bad["above_baseline"] is False
+    assert "above_baseline" not in head_metrics(attr, y, one_hot, majority_class=1)  # no subjects, no interval
 
 
 def test_class_priors_shift_the_logits_by_the_log_train_frequencies():

@@ -104,7 +104,7 @@ def _write_classifier(study: Path, cfg: dict, manifest: pd.DataFrame, rng: np.ra
                 k = n_classes(attr)
                 proba = rng.dirichlet(np.ones(k), size=len(y))
                 raw = pd.to_numeric(part[attr["name"]], errors="coerce").to_numpy() if attr["kind"] == "numeric" else None
-                heads[attr["name"]] = head_metrics(attr, y, proba, 0, raw)
+                heads[attr["name"]] = head_metrics(attr, y, proba, 0, raw, groups=part["subject"].to_numpy(), seed=1)
             results[which][split] = {"mean_balanced_accuracy": float(rng.uniform(0.3, 0.6)), "heads": heads}
     names = [a["name"] for a in cfg["attributes"]]
     history = []
@@ -114,6 +114,7 @@ def _write_classifier(study: Path, cfg: dict, manifest: pd.DataFrame, rng: np.ra
         row.update({f"val_accuracy_{n}": float(rng.uniform(0.3, 0.9)) for n in names})
         history.append(row)
     metrics = {"selection": "highest mean over heads of validation balanced accuracy", "best_epoch": 2, "epochs_run": 3,
+               "bootstrap": {"unit": "subject", "resamples": 2000, "level": 0.95},
                "stopped_early": False, "n_slices": {s: int((manifest["split"] == s).sum()) for s in ("train", "val", "test")},
                **results}
     io.write_table(out / "history.csv", pd.DataFrame(history))
@@ -495,6 +496,14 @@ def test_table1_layout_and_published_values(built):
     metrics = json.loads((folder / "classifier/metrics.json").read_text())
     best_val = [r for r in rows[1:] if r[0]["text"] == "validation"][0]
     assert best_val[4]["text"] == f"{metrics['best']['val']['heads']['sex']['accuracy']:.3f}"
+    detail = page.tables["table-classifier-detail"]
+    header = [c["text"] for c in detail[0]]
+    col = header.index("95% CI (subjects)")
+    row = [r for r in detail[1:] if r[0]["text"] == "sex"][0]  # a head's first row: validation, best model
+    head = metrics["best"]["val"]["heads"]["sex"]
+    ci = head["balanced_accuracy_ci"]
+    assert row[col]["text"].startswith(f"[{ci['low']:.3f}, {ci['high']:.3f}]")
+    assert row[col]["text"].endswith("not above chance") == (not head["above_baseline"])
 
 
 def test_table2_layout_bounds_and_not_run(built):

@@ -28,6 +28,7 @@ from brainlatent.synth.clinical import (
     sample_attributes,
 )
 from brainlatent.synth.contrast import SITES, to_nifti
+from brainlatent.synth.effects import Effects, default_effects
 from brainlatent.synth.template import load_template
 
 SEED = 7
@@ -126,6 +127,88 @@ def test_lesion_load_grows_with_edss():
     assert anatomy.draw_lesions(rng, tpl, hc) == []
 
 
+def _plain_anatomy(tpl) -> anatomy.SubjectAnatomy:
+    """One subject's anatomy with its ventricle, thinning and cap offsets set to 0."""
+    a = anatomy.draw_subject_anatomy(np.random.default_rng(0), tpl, "F")
+    return replace(a, ventricle_offset_mm=0.0, thinning_offset=0.0, cap_offset_mm=0.0)
+
+
+def test_ageing_accelerates_and_acts_on_everyone():
+    tpl = load_template(2)
+    subj = _plain_anatomy(tpl)
+    hc = {age: Clinical(float(age), 0.0, "HC", "F", float("nan"), float("nan")) for age in (25, 30, 50, 70)}
+    widen = {age: anatomy.atrophy(subj, c)[0] for age, c in hc.items()}
+    thin = {age: anatomy.atrophy(subj, c)[1] for age, c in hc.items()}
+    assert widen[70] - widen[50] > 1.5 * (widen[50] - widen[30]) > 0  # ventricles widen faster with age
+    assert thin[70] > thin[50] > thin[30] > thin[25] > 0  # sulci widen from early adulthood on
+    fx = default_effects()
+    assert widen[70] == pytest.approx(fx.age.ventricle_mm(70.0))  # zero offsets: the config's curve exactly
+    assert anatomy.cap_thickness(subj, hc[30]) == 0.0 and anatomy.cap_thickness(subj, hc[70]) > 0.0  # ageing rim after 50
+    # the ventricles themselves: roughly doubling from 30 to 70 (real: about 1.5-3x)
+    vols = {age: anatomy.warped_volume_ml(tpl.ventricles, anatomy.subject_coordinates(tpl, subj, widen[age]), tpl.voxel_ml)
+            for age in (30, 70)}
+    assert 1.5 < vols[70] / vols[30] < 2.5
+
+
+def test_disease_effects_per_course_and_edss():
+    tpl = load_template(2)
+    subj = _plain_anatomy(tpl)
+    base = Clinical(45.0, 5.0, "RRMS", "F", 30.0, 15.0)
+    courses = {t: replace(base, ms_type=t) for t in ("RRMS", "SPMS", "PPMS")}
+    widen = {t: anatomy.atrophy(subj, c)[0] for t, c in courses.items()}
+    cap = {t: anatomy.cap_thickness(subj, c) for t, c in courses.items()}
+    assert widen["SPMS"] > widen["RRMS"] and widen["PPMS"] > widen["RRMS"]  # progressive courses atrophy faster
+    assert cap["SPMS"] > cap["RRMS"] > cap["PPMS"] > 0  # confluent periventricular lesions in SPMS
+    assert anatomy.cap_thickness(subj, replace(base, edss=7.0)) > cap["RRMS"]
+    assert anatomy.atrophy(subj, replace(base, edss=7.0))[0] > widen["RRMS"]
+
+    def mean_count(clin):
+        rng = np.random.default_rng(1)
+        return np.mean([len(anatomy.draw_lesions(rng, tpl, clin)) for _ in range(200)])
+
+    fx = default_effects()
+    for t, clin in courses.items():  # Poisson mean: load x (base + per point x EDSS)
+        expected = fx.ms_type.lesion_load[t] * (fx.edss.lesions_base + fx.edss.lesions_per_point * 5.0)
+        assert mean_count(clin) == pytest.approx(expected, rel=0.1)
+
+
+def test_effects_come_from_the_config():
+    tpl = load_template(2)
+    subj = _plain_anatomy(tpl)
+    clin = Clinical(60.0, 4.0, "SPMS", "M", 35.0, 25.0)
+    none = load_config({"synthetic": {"effects": {
+        "age": {"ventricle_mm_per_decade": 0, "ventricle_mm_per_decade_squared": 0, "thinning_per_decade": 0,
+                "thinning_per_decade_squared": 0, "wmh_rim_mm_per_decade": 0},
+        "edss": {"ventricle_mm_per_point": 0, "thinning_per_point": 0, "cap_mm_per_point": 0, "lesions_base": 0, "lesions_per_point": 0},
+    }}})
+    fx = Effects.from_config(none["synthetic"]["effects"])
+    assert anatomy.atrophy(subj, clin, effects=fx) == (0.0, 0.0)
+    assert anatomy.cap_thickness(subj, clin, effects=fx) == 0.0
+    assert anatomy.draw_lesions(np.random.default_rng(0), tpl, clin, effects=fx) == []
+    assert anatomy.atrophy(subj, clin) != (0.0, 0.0)  # the defaults do act
+    from brainlatent.stage_keys import stage_view
+
+    assert stage_view(none, "synthesize")["synthetic"]["effects"] == none["synthetic"]["effects"]  # reruns the stage when changed
+
+
+def test_twin_differs_only_by_the_changed_attribute():
+    """A subject re-rendered with one attribute changed keeps everything the attribute does not act on."""
+    tpl = load_template(2)
+    subj = anatomy.draw_subject_anatomy(np.random.default_rng(4), tpl, "F")  # with its own offsets
+    bases = tuple(anatomy.gaussian_basis(n, tpl.resolution_mm, 20.0, 12.0) for n in tpl.shape)
+    texture = anatomy.smooth_field(subj.texture, bases) * tpl.brain
+    young = Clinical(30.0, 0.0, "HC", "F", float("nan"), float("nan"))
+    older = replace(young, age=70.0)
+    a = cohort.render_session(tpl, subj, young, [], ("flair",), texture)
+    b = cohort.render_session(tpl, subj, older, [], ("flair",), texture)
+    again = cohort.render_session(tpl, subj, young, [], ("flair",), texture)
+    np.testing.assert_array_equal(a[0]["flair"], again[0]["flair"])  # pure: same inputs, same image
+    assert b[3]["ventricle_volume_ml"] > 1.4 * a[3]["ventricle_volume_ml"]
+    assert b[3]["brain_volume_ml"] < a[3]["brain_volume_ml"] - 30
+    assert a[3]["head_scale"] == b[3]["head_scale"]
+    assert a[3]["lesion_volume_ml"] == 0 < b[3]["lesion_volume_ml"] < 5  # only the thin periventricular rim of ageing
+
+
 # ------------------------------------------------------------------------------------------
 # the written cohort
 
@@ -158,12 +241,14 @@ def test_participants_match_attribute_sampler(tables):
 def test_truth_lesions_and_atrophy(tables):
     truth = tables["truth"]
     hc = truth["ms_type"] == "HC"
-    assert hc.any() and (truth.loc[hc, "lesion_volume_ml"] == 0).all()
+    rim = truth["periventricular_cap_mm"] > 0.25  # HC past ~56: the thin rim of ageing, drawn as lesion
+    assert hc.any() and (truth.loc[hc & ~rim, "lesion_volume_ml"] == 0).all()
     assert (truth.loc[hc, "lesion_count"] == 0).all()
     assert (truth.loc[~hc, "lesion_volume_ml"] > 0).all()
     assert spearmanr(truth["edss"], truth["lesion_volume_ml"]).statistic > 0.5
     assert truth["brain_volume_ml"].between(900, 1900).all()
     assert truth["ventricle_volume_ml"].between(5, 80).all()
+    assert (truth.loc[hc & (truth["age"] < 50), "periventricular_cap_mm"] == 0).all()  # no rim before the ageing onset
     for _, g in truth.groupby("subject"):
         if len(g) == 2:  # follow-up: more lesion, wider ventricles, less brain
             first, second = g.sort_values("session").iloc[0], g.sort_values("session").iloc[1]

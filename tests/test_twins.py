@@ -20,6 +20,7 @@ from brainlatent.synth import anatomy as anat
 from brainlatent.synth import cohort
 from brainlatent.synth.clinical import SubjectPlan, baseline_edss, draw_baseline, draw_follow_up, subject_rngs
 from brainlatent.synth.contrast import SITES, reorient, resample
+from brainlatent.synth.effects import default_effects
 from brainlatent.synth.template import load_template
 from brainlatent.synth.twins import (
     Intervention,
@@ -102,7 +103,7 @@ def test_edss_twin_acquired_with_the_same_noise(tmp_path, tpl, spms, edss_twin):
     src, twin, atrophy_only = edss_twin
     for sub in ("images", "masks", "lesions"):
         (tmp_path / sub).mkdir()
-    cohort.synthesize_subject(cohort._Job(plan, SEED, 2, MODS, str(tmp_path)))
+    cohort.synthesize_subject(cohort._Job(plan, SEED, 2, MODS, str(tmp_path), default_effects()))
     acq = source_acquisitions(plan, SEED, renders, tpl, len(MODS))["ses-01"]
     site = SITES[plan.site]
     cohort.acquire_session(twin.images, twin.brain, twin.lesion, tpl, site, acq.noise_rng(), tmp_path, "twin", acquisition=acq)
@@ -139,7 +140,8 @@ def test_lower_edss_twin_has_a_subset_of_the_lesions(tpl):
         twin = cohort.session_lesions(rngs, tpl, twin_history)
         n_src, n_twin = len(source[0]), len(twin[0])
         assert n_twin <= n_src or edss > history[0][1].edss
-        factor = (1 + 0.12 * edss) / (1 + 0.12 * history[0][1].edss)
+        k = default_effects().edss.lesion_radius_per_point
+        factor = (1 + k * edss) / (1 + k * history[0][1].edss)
         for s, t in zip(source[0], twin[0]):  # the first lesions, same place and shape, scaled
             np.testing.assert_allclose(t.centre, s.centre)
             np.testing.assert_allclose(t.rotation, s.rotation)

@@ -515,6 +515,18 @@ def _table1_heads(metrics: dict) -> list[str]:
     return known + [h for h in heads if h not in known]
 
 
+def _ci_cell(metrics: dict, src: str, k: str) -> Cell | str:
+    """``[low, high]`` of a head's balanced-accuracy interval (a number cell), marked when above chance; — if absent."""
+    key = f"{k}.balanced_accuracy_ci"
+    if lookup(metrics, key) is None:
+        return missing()
+    text = f"[{num(lookup(metrics, key + '.low'), src, key + '.low', '.3f')}, {num(lookup(metrics, key + '.high'), src, key + '.high', '.3f')}]"
+    above = lookup(metrics, f"{k}.above_baseline")
+    if above is not None:
+        text += " above chance" if above else " <span class='small'>not above chance</span>"
+    return text
+
+
 def section_classifier(st: StudyFiles) -> str:
     src = "classifier/metrics.json"
     metrics = st.json(src)
@@ -560,6 +572,8 @@ def section_classifier(st: StudyFiles) -> str:
         "information that the class prior outweighs.</p>",
     ]
     # detail table: every head, split and model
+    level = lookup(metrics, "bootstrap.level")
+    ci_level = f"{level:.0%}" if isinstance(level, (int, float)) else "95%"
     rows, classes = [], []
     for h in heads:
         first = True
@@ -571,6 +585,7 @@ def section_classifier(st: StudyFiles) -> str:
                 rows.append([L(h if first else ""), L(split), L(which), num(lookup(metrics, f"{k}.n"), src, f"{k}.n", "d"),
                              num(lookup(metrics, f"{k}.accuracy"), src, f"{k}.accuracy", ".3f"),
                              num(lookup(metrics, f"{k}.balanced_accuracy"), src, f"{k}.balanced_accuracy", ".3f"),
+                             _ci_cell(metrics, src, k),
                              num(lookup(metrics, f"{k}.chance_balanced_accuracy"), src, f"{k}.chance_balanced_accuracy", ".3f"),
                              num(lookup(metrics, f"{k}.roc_auc_macro_ovr"), src, f"{k}.roc_auc_macro_ovr", ".3f"),
                              num(lookup(metrics, f"{k}.majority_baseline_accuracy"), src, f"{k}.majority_baseline_accuracy", ".3f"),
@@ -579,12 +594,15 @@ def section_classifier(st: StudyFiles) -> str:
                 classes.append("group-start" if first else "")
                 first = False
     parts.append(table("table-classifier-detail",
-                       [[L("attribute"), L("split"), L("model"), L("n"), L("accuracy"), L("balanced accuracy"), L("chance (1/K)"),
+                       [[L("attribute"), L("split"), L("model"), L("n"), L("accuracy"), L("balanced accuracy"),
+                         L(f"{ci_level} CI (subjects)"), L("chance (1/K)"),
                          L("ROC-AUC (macro one-vs-rest)"), L("majority-class accuracy"), L("MAE in attribute units")]],
                        rows, "Every head: accuracy, balanced accuracy and ROC-AUC", classes))
     parts.append("<p class='note'>Accuracy, ROC-AUC and MAE score the labels the classifier gives (the posterior under the "
                  "training split's class frequencies); balanced accuracy scores the class-balanced decision (no class prior) "
-                 "and is to be compared with chance, 1/K. ROC-AUC is n/a when a class is missing from the split. MAE in attribute units = "
+                 "and is to be compared with chance, 1/K; its confidence interval comes from resampling the split's subjects "
+                 "(all slices of a drawn subject together), and a head marked <strong>above chance</strong> has the interval's "
+                 "lower bound above 1/K. ROC-AUC is n/a when a class is missing from the split. MAE in attribute units = "
                  "|centre of the predicted bin − recorded value| (years for age, EDSS points).</p>")
     curves = st.bytes("classifier/curves.png")
     if curves is not None:

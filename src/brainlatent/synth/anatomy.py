@@ -6,6 +6,12 @@ scale and a small rotation, ``t`` is a small shift, ``u`` a smooth random displa
 Gaussian bumps, separable, so it costs three small matrix products) and ``s * pull`` widens the
 lateral ventricles by ``s`` voxels (atrophy). Lesions and cortical thinning are drawn in template
 space, so they deform with the rest of the head.
+
+How strongly age, EDSS and MS type act (:func:`atrophy`, :func:`draw_lesions`,
+:func:`cap_thickness`) is set by the config's ``synthetic.effects``
+(:class:`brainlatent.synth.effects.Effects`; the schema's defaults when none is given). Each is a
+deterministic function of the session's clinical attributes and the subject's offsets
+(:class:`SubjectAnatomy`), which are drawn independently of the attributes.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from scipy import ndimage as ndi
 from scipy.spatial.transform import Rotation
 
 from brainlatent.synth.clinical import Clinical
+from brainlatent.synth.effects import Effects, default_effects
 from brainlatent.synth.template import MEAN_THICKNESS_MM, Template
 
 #: linear head scale of women relative to the MNI152 template (MNI brains are larger than average)
@@ -30,8 +37,6 @@ MALE_SCALE = 1.09
 HEAD_SCALE_SD = 0.02
 #: Gaussian-bump displacement field: node spacing and bump width (mm), amplitude sd (mm)
 DEFORM_SPACING_MM, DEFORM_WIDTH_MM, DEFORM_SD_MM = 30.0, 20.0, 1.8
-#: relative lesion load per MS course (PPMS has fewer brain lesions than its disability suggests)
-LESION_LOAD = {"HC": 0.0, "RRMS": 1.0, "SPMS": 1.2, "PPMS": 0.6}
 #: new lesions per year of follow-up
 NEW_LESIONS_PER_YEAR = {"HC": 0.0, "RRMS": 1.5, "SPMS": 1.0, "PPMS": 0.8}
 
@@ -136,26 +141,33 @@ def draw_subject_anatomy(rng: np.random.Generator, template: Template, sex: str)
     )
 
 
-def atrophy(anatomy: SubjectAnatomy, clinical: Clinical) -> tuple[float, float]:
+def atrophy(anatomy: SubjectAnatomy, clinical: Clinical, *, effects: Effects | None = None) -> tuple[float, float]:
     """Ventricle widening (mm) and cortical thinning fraction for one session.
 
-    Both rise with age (after 30) and EDSS; the subject's offsets make them vary between people
-    of the same age and EDSS while keeping each person's follow-up monotone.
+    Ageing widens the ventricles with the square of the decades since ``reference_age`` (real
+    lateral ventricles grow slowly in early adulthood and faster after 60) and thins the cortex
+    (sulci widen); EDSS adds disease atrophy, scaled per MS course (progressive courses atrophy
+    faster). The subject's offsets make people of the same age and EDSS differ while keeping each
+    person's follow-up monotone.
     """
-    years = max(clinical.age - 30.0, 0.0)
-    widen = 0.06 * years + 0.45 * clinical.edss + anatomy.ventricle_offset_mm
-    thin = 0.004 * years + 0.035 * clinical.edss + anatomy.thinning_offset
-    return float(np.clip(widen, 0.0, 5.0)), float(np.clip(thin, 0.0, 0.6))
+    fx = effects or default_effects()
+    course = fx.ms_type.factor("atrophy", clinical.ms_type)
+    widen = fx.age.ventricle_mm(clinical.age) + course * fx.edss.ventricle_mm_per_point * clinical.edss
+    thin = fx.age.thinning(clinical.age) + course * fx.edss.thinning_per_point * clinical.edss
+    widen += anatomy.ventricle_offset_mm
+    thin += anatomy.thinning_offset
+    return float(np.clip(widen, 0.0, fx.limits.max_ventricle_mm)), float(np.clip(thin, 0.0, fx.limits.max_thinning))
 
 
-def _lesion_size(edss: float) -> float:
+def _lesion_size(edss: float, effects: Effects | None = None) -> float:
     """Linear size factor of every lesion at ``edss`` (lesions are larger in more disabled patients)."""
-    return 1.0 + 0.12 * edss
+    return 1.0 + (effects or default_effects()).edss.lesion_radius_per_point * edss
 
 
-def _lesion_radius(rng: np.random.Generator) -> float:
+def _lesion_radius(rng: np.random.Generator, effects: Effects | None = None) -> float:
     """Base (EDSS 0) radius (mm) of one lesion; :func:`_lesion_size` scales it."""
-    return float(np.exp(rng.normal(np.log(4.0), 0.35)))
+    e = (effects or default_effects()).edss
+    return float(np.exp(rng.normal(np.log(e.lesion_radius_mm), e.lesion_radius_sd)))
 
 
 def poisson_quantile(u: float, mean: float) -> int:
@@ -179,7 +191,7 @@ def poisson_quantile(u: float, mean: float) -> int:
     return n
 
 
-def lesion_candidates(rng: np.random.Generator, template: Template, n: int) -> list[Lesion]:
+def lesion_candidates(rng: np.random.Generator, template: Template, n: int, effects: Effects | None = None) -> list[Lesion]:
     """The first ``n`` of a subject's candidate lesions at their base (EDSS 0) size.
 
     Candidates are drawn one after another from ``rng``, so the first ``n`` are the same whatever
@@ -190,32 +202,43 @@ def lesion_candidates(rng: np.random.Generator, template: Template, n: int) -> l
     lesions = []
     for _ in range(n):
         k = min(int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right")), len(cdf) - 1)
-        radius = _lesion_radius(rng)
+        radius = _lesion_radius(rng, effects)
         radii = radius * np.array([1.0, rng.uniform(0.6, 1.0), rng.uniform(0.5, 0.9)])
         centre = template.lesion_sites[k] + rng.uniform(-0.5, 0.5, size=3)
         lesions.append(Lesion(centre, radii, Rotation.random(random_state=rng).as_matrix()))
     return lesions
 
 
-def _sized(lesions: list[Lesion], edss: float) -> list[Lesion]:
-    return [replace(les, radii_mm=les.radii_mm * _lesion_size(edss)) for les in lesions]
+def _sized(lesions: list[Lesion], edss: float, effects: Effects | None = None) -> list[Lesion]:
+    return [replace(les, radii_mm=les.radii_mm * _lesion_size(edss, effects)) for les in lesions]
 
 
-def draw_lesions(rng: np.random.Generator, template: Template, clinical: Clinical) -> list[Lesion]:
-    """Baseline lesions: their number (Poisson) and size grow with EDSS; none for HC.
+def draw_lesions(
+    rng: np.random.Generator, template: Template, clinical: Clinical, *, effects: Effects | None = None
+) -> list[Lesion]:
+    """Baseline lesions: their number (Poisson) and size grow with EDSS, the number scaled per MS
+    course (``synthetic.effects.ms_type.lesion_load``); none for HC.
 
     The count is the Poisson quantile of one uniform drawn first (:func:`poisson_quantile`), the
     lesions are the first ``count`` of the subject's candidates (:func:`lesion_candidates`), each
     scaled by the EDSS size factor: with the same ``rng`` state, a lower EDSS gives a subset of the
     lesions, each smaller.
     """
-    mean = LESION_LOAD[clinical.ms_type] * (3.0 + 3.5 * clinical.edss)
+    fx = effects or default_effects()
+    load = fx.ms_type.factor("lesion_load", clinical.ms_type)
+    mean = load * (fx.edss.lesions_base + fx.edss.lesions_per_point * clinical.edss)
     n = poisson_quantile(float(rng.uniform()), mean)
-    return _sized(lesion_candidates(rng, template, n), clinical.edss)
+    return _sized(lesion_candidates(rng, template, n, fx), clinical.edss, fx)
 
 
 def progress_lesions(
-    rng: np.random.Generator, template: Template, lesions: list[Lesion], clinical: Clinical, years: float
+    rng: np.random.Generator,
+    template: Template,
+    lesions: list[Lesion],
+    clinical: Clinical,
+    years: float,
+    *,
+    effects: Effects | None = None,
 ) -> list[Lesion]:
     """Follow-up lesions: every old lesion persists (slightly grown) and new ones appear.
 
@@ -225,7 +248,7 @@ def progress_lesions(
     growth_rng = np.random.default_rng(int(rng.integers(2**63)))
     n_new = poisson_quantile(float(rng.uniform()), NEW_LESIONS_PER_YEAR[clinical.ms_type] * years)
     grown = [replace(les, radii_mm=les.radii_mm * (1.0 + 0.03 * years * growth_rng.uniform())) for les in lesions]
-    return grown + _sized(lesion_candidates(rng, template, n_new), clinical.edss)
+    return grown + _sized(lesion_candidates(rng, template, n_new, effects), clinical.edss, effects)
 
 
 def render_lesions(template: Template, lesions: list[Lesion], cap_mm: float) -> np.ndarray:
@@ -259,11 +282,20 @@ def render_lesions(template: Template, lesions: list[Lesion], cap_mm: float) -> 
     return out
 
 
-def cap_thickness(anatomy: SubjectAnatomy, clinical: Clinical) -> float:
-    """Periventricular lesion rim thickness (mm): appears from EDSS ~2 on, none for HC."""
-    if clinical.ms_type == "HC":
-        return 0.0
-    return float(np.clip(0.45 * (clinical.edss - 2.0) + anatomy.cap_offset_mm, 0.0, 4.0))
+def cap_thickness(anatomy: SubjectAnatomy, clinical: Clinical, *, effects: Effects | None = None) -> float:
+    """Periventricular hyperintense rim thickness (mm).
+
+    Two parts: a thin rim of normal ageing (periventricular "pencil-thin lining", common after
+    50, HC included; no subject offset) and, in patients, a confluent MS cap from EDSS
+    ``cap_onset`` on, scaled per MS course (thicker in SPMS) plus the subject's offset.
+    """
+    fx = effects or default_effects()
+    rim = fx.age.wmh_rim_mm(clinical.age)
+    if clinical.ms_type != "HC":
+        e = fx.edss
+        cap = fx.ms_type.factor("cap", clinical.ms_type) * e.cap_mm_per_point * (clinical.edss - e.cap_onset)
+        rim += max(cap + anatomy.cap_offset_mm, 0.0)
+    return float(np.clip(rim, 0.0, fx.limits.max_cap_mm))
 
 
 def tissue_fractions(template: Template, anatomy: SubjectAnatomy, thinning: float, lesion_map: np.ndarray) -> dict:

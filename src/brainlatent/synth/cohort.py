@@ -13,7 +13,8 @@ Output folder (written whole into a temporary folder, then renamed into place)::
 ``<scan>`` is ``<subject>_<session>``, e.g. ``sub-007_ses-02``. ``truth.tsv`` holds, per scan, the
 session's attributes, ``years_since_baseline``, ``lesion_count``, ``lesion_volume_ml`` (soft, native
 grid), ``lesion_mask_ml`` (the written mask), ``brain_volume_ml`` (GM + WM + lesions),
-``ventricle_volume_ml``, ``mask_volume_ml``, the atrophy parameters, ``head_scale`` and the
+``ventricle_volume_ml``, ``mask_volume_ml``, the atrophy parameters, the periventricular rim
+(``periventricular_cap_mm``), ``head_scale`` and the
 acquisition (``voxel_size_mm`` and ``shape`` in stored axis order, ``orientation``, ``dtype``,
 ``scl_slope``, ``noise``). Each subject's draws come from
 ``derive_seed(seed, "synthesize", subject)``, so the files do not depend on the worker count.
@@ -27,7 +28,7 @@ import logging
 import multiprocessing as mp
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import nibabel as nib
@@ -40,6 +41,7 @@ from brainlatent.errors import BrainlatentError
 from brainlatent.io import atomic_dir, write_json, write_table
 from brainlatent.synth import anatomy as anat
 from brainlatent.synth.clinical import Clinical, SubjectPlan, draw_baseline, draw_follow_up, plan_cohort, subject_rngs
+from brainlatent.synth.effects import Effects, default_effects
 from brainlatent.synth.contrast import (
     SITES,
     Grid,
@@ -66,6 +68,7 @@ class _Job:
     resolution_mm: int
     modalities: tuple[str, ...]
     out_dir: str
+    effects: Effects = field(default_factory=default_effects)
 
 
 def session_history(plan: SubjectPlan, rngs: dict) -> list[tuple[str, Clinical, float]]:
@@ -78,23 +81,24 @@ def session_history(plan: SubjectPlan, rngs: dict) -> list[tuple[str, Clinical, 
     return out
 
 
-def session_lesions(rngs: dict, template: Template, history: list[tuple[str, Clinical, float]]) -> list[list]:
+def session_lesions(rngs: dict, template: Template, history: list[tuple[str, Clinical, float]],
+                    effects: Effects | None = None) -> list[list]:
     """The lesions of each session of ``history`` (a subject's, or a twin's with other attributes).
 
     Uses the ``ses-01`` stream and, after :func:`session_history` drew the follow-up interval, the
     ``ses-02`` stream: lesion identity (sites, shapes, base sizes, count uniforms) does not depend on
     the clinical state, only which of the candidates are present and how large they are.
     """
-    lesions = [anat.draw_lesions(rngs["ses-01"], template, history[0][1])]
+    lesions = [anat.draw_lesions(rngs["ses-01"], template, history[0][1], effects=effects)]
     for _, clinical, years in history[1:]:
-        lesions.append(anat.progress_lesions(rngs["ses-02"], template, lesions[0], clinical, years))
+        lesions.append(anat.progress_lesions(rngs["ses-02"], template, lesions[0], clinical, years, effects=effects))
     return lesions
 
 
 def _sessions(job: _Job, rngs: dict, template) -> list[tuple[str, Clinical, list, float]]:
     """``(session, clinical, lesions, years since baseline)`` for each of the subject's sessions."""
     history = session_history(job.plan, rngs)
-    lesions = session_lesions(rngs, template, history)
+    lesions = session_lesions(rngs, template, history, job.effects)
     return [(session, clinical, les, years) for (session, clinical, years), les in zip(history, lesions)]
 
 
@@ -106,19 +110,25 @@ def render_session(
     modalities: tuple[str, ...],
     texture: np.ndarray,
     cap_mm: float | None = None,
+    effects: Effects | None = None,
 ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, dict[str, float]]:
     """One session in the subject's native space (the template grid), before acquisition.
+
+    A pure function of its arguments: re-rendering with a changed ``clinical`` (and the lesions
+    drawn for it) changes only that attribute's effects.
 
     Args:
         cap_mm: periventricular lesion rim thickness; ``None``: the session's own
             (:func:`anatomy.cap_thickness`). Tests of twins set it to isolate the atrophy's effect.
+        effects: the effect sizes (default: the schema's).
 
     Returns:
         ``(images, brain, lesion, truth)``: noise-free image per modality, soft brain mask and
         lesion fraction (all ``X x Y x Z`` float32), and true volumes/atrophy parameters.
     """
-    widen, thin = anat.atrophy(anatomy, clinical)
-    cap = anat.cap_thickness(anatomy, clinical) if cap_mm is None else cap_mm
+    fx = effects or default_effects()
+    widen, thin = anat.atrophy(anatomy, clinical, effects=fx)
+    cap = anat.cap_thickness(anatomy, clinical, effects=fx) if cap_mm is None else cap_mm
     lesion_map = anat.render_lesions(template, lesions, cap)
     fractions = anat.tissue_fractions(template, anatomy, thin, lesion_map)
     coords = anat.subject_coordinates(template, anatomy, widen)
@@ -135,6 +145,7 @@ def render_session(
         "ventricle_volume_ml": round(anat.warped_volume_ml(template.ventricles, coords, template.voxel_ml), 2),
         "ventricle_widening_mm": round(widen, 3),
         "cortical_thinning": round(thin, 3),
+        "periventricular_cap_mm": round(cap, 3),
         "head_scale": round(anatomy.scale, 4),
     }
     return images, brain, lesion, truth
@@ -238,7 +249,7 @@ def synthesize_subject(job: _Job) -> dict:
     for session, clinical, lesions, years in sessions:
         scan = f"{plan.subject}_{session}"
         images, brain, lesion, anatomy_truth = render_session(
-            template, anatomy, clinical, lesions, job.modalities, texture
+            template, anatomy, clinical, lesions, job.modalities, texture, effects=job.effects
         )
         paths, acq_truth = acquire_session(
             images, brain, lesion, template, site, rngs["acquisition"], Path(job.out_dir), scan
@@ -314,7 +325,8 @@ def synthesize_cohort(cfg: dict, out_dir: Path, workers: int | None = None) -> p
     with atomic_dir(out_dir) as tmp:
         for sub in ("images", "masks", "lesions"):
             (tmp / sub).mkdir()
-        jobs = [_Job(p, cfg["seed"], syn["template_resolution_mm"], modalities, str(tmp)) for p in plans]
+        effects = Effects.from_config(syn["effects"])
+        jobs = [_Job(p, cfg["seed"], syn["template_resolution_mm"], modalities, str(tmp), effects) for p in plans]
         if workers == 1:
             results = list(_progress(map(synthesize_subject, jobs), len(jobs), "synthesize"))
         else:

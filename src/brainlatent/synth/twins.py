@@ -88,6 +88,7 @@ from brainlatent.synth.cohort import (
     session_history,
     session_lesions,
 )
+from brainlatent.synth.effects import Effects
 from brainlatent.synth.contrast import SITES
 from brainlatent.synth.template import Template, load_template
 
@@ -257,6 +258,7 @@ def render_subject(
     history: History | None = None,
     sessions: set[str] | None = None,
     cap_mm: float | None = None,
+    effects: Effects | None = None,
 ) -> list[SessionRender]:
     """Render a subject's sessions, or its twin's (``history``), from its own generators.
 
@@ -268,16 +270,18 @@ def render_subject(
         history: the twin's clinical history (:func:`counterfactual`); ``None``: the subject's own.
         sessions: render only these sessions (default all).
         cap_mm: passed to :func:`render_session` (tests isolate the atrophy's effect with it).
+        effects: the cohort's effect sizes (``synthetic.effects``; default: the schema's).
     """
     rngs = subject_rngs(seed, plan.subject)
     own = session_history(plan, rngs)  # consumes the same draws as the cohort (follow-up interval)
     history = own if history is None else history
     anatomy, texture = subject_anatomy(rngs, template, history[0][1].sex)
     out = []
-    for (session, clinical, years), lesions in zip(history, session_lesions(rngs, template, history)):
+    for (session, clinical, years), lesions in zip(history, session_lesions(rngs, template, history, effects)):
         if sessions is not None and session not in sessions:
             continue
-        images, brain, lesion, truth = render_session(template, anatomy, clinical, lesions, modalities, texture, cap_mm=cap_mm)
+        images, brain, lesion, truth = render_session(template, anatomy, clinical, lesions, modalities, texture,
+                                                      cap_mm=cap_mm, effects=effects)
         out.append(SessionRender(session, clinical, years, lesions, images, brain, lesion, truth))
     return out
 
@@ -404,7 +408,8 @@ def twin_subject(job: _SubjectJob) -> dict:
     fov_shape = tuple(int(v) for v in np.maximum(1, np.round(np.asarray(cfg["preprocess"]["field_of_view_mm"], dtype=float) / spacing)).astype(int))
 
     last = max(int(s.split("_ses-")[1]) for s in job.scans)
-    sources = render_subject(plan, cfg["seed"], template, modalities)
+    effects = Effects.from_config(cfg["synthetic"]["effects"])
+    sources = render_subject(plan, cfg["seed"], template, modalities, effects=effects)
     sources = [r for r in sources if int(r.session.split("-")[1]) <= last]
     acquisitions = source_acquisitions(plan, cfg["seed"], sources, template, len(modalities))
     history = [(r.session, r.clinical, r.years) for r in sources]
@@ -446,7 +451,8 @@ def twin_subject(job: _SubjectJob) -> dict:
                     truth_rows.append({**row, **_truth_volumes({})})
                     continue
                 start = time.perf_counter()
-                (render,) = render_subject(plan, cfg["seed"], template, modalities, history=twin_history, sessions={session})
+                (render,) = render_subject(plan, cfg["seed"], template, modalities, history=twin_history,
+                                          sessions={session}, effects=effects)
                 acq = acquisitions[session]
                 paths, acq_truth = acquire_session(render.images, render.brain, render.lesion, template, site, acq.noise_rng(),
                                                    out / "cohort", twin, acquisition=acq)

@@ -82,6 +82,9 @@ SELECTION = "highest mean over heads of validation balanced accuracy"
 #: resumes); ``epochs`` only where the learning-rate schedule does not depend on it (not cosine)
 RESUMABLE_CHANGES = ("epochs", "patience", "keep_checkpoints")
 CHECKPOINT_FORMAT = 2
+#: balanced-accuracy confidence interval: subject-level (cluster) bootstrap resamples and level
+BOOTSTRAP_RESAMPLES = 2000
+CI_LEVEL = 0.95
 
 
 # ------------------------------------------------------------------------------------------------
@@ -214,6 +217,57 @@ def _balanced_accuracy(y: np.ndarray, pred: np.ndarray) -> float:
         return float(balanced_accuracy_score(y, pred))
 
 
+def balanced_accuracy_ci(
+    y: np.ndarray,
+    pred: np.ndarray,
+    groups: np.ndarray,
+    seed: int,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    level: float = CI_LEVEL,
+) -> tuple[float, float] | None:
+    """Percentile confidence interval of balanced accuracy by a cluster bootstrap over ``groups``.
+
+    Slices of one subject are not independent, so whole subjects are resampled with replacement
+    (each keeps all its rows); per resample, balanced accuracy is the mean recall over the classes
+    present in the resample (as :func:`sklearn.metrics.balanced_accuracy_score`).
+
+    Args:
+        y: ``N`` true class indices (labelled rows only).
+        pred: ``N`` predicted class indices.
+        groups: ``N`` cluster ids (subjects).
+        seed: seed of the resampling.
+        resamples: number of bootstrap resamples.
+        level: coverage of the interval (0.95: the 2.5 and 97.5 percentiles).
+
+    Returns:
+        ``(low, high)``, or ``None`` without rows.
+
+    Example:
+        >>> y = np.array([0, 0, 1, 1]); g = np.array(["a", "a", "b", "b"])
+        >>> balanced_accuracy_ci(y, y, g, seed=0)
+        (1.0, 1.0)
+    """
+    y, pred = np.asarray(y), np.asarray(pred)
+    if len(y) == 0:
+        return None
+    _, subject = np.unique(np.asarray(groups), return_inverse=True)
+    classes, cls = np.unique(y, return_inverse=True)
+    n_sub, k = int(subject.max()) + 1, len(classes)
+    count = np.zeros((n_sub, k))  # rows of class c per subject
+    hits = np.zeros((n_sub, k))  # correctly predicted rows of class c per subject
+    np.add.at(count, (subject, cls), 1.0)
+    np.add.at(hits, (subject, cls), (pred == y).astype(np.float64))
+    rng = np.random.default_rng(seed)
+    weight = rng.multinomial(n_sub, np.full(n_sub, 1.0 / n_sub), size=resamples).astype(np.float64)  # B x S
+    num, den = weight @ hits, weight @ count  # B x K
+    with np.errstate(invalid="ignore", divide="ignore"):
+        recall = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+    scores = np.nanmean(recall, axis=1)
+    tail = 100.0 * (1.0 - level) / 2.0
+    low, high = np.percentile(scores, [tail, 100.0 - tail])
+    return float(low), float(high)
+
+
 def roc_auc_ovr(y: np.ndarray, proba: np.ndarray) -> float | None:
     """Macro one-vs-rest ROC-AUC (sklearn); ``None`` when a class is absent from ``y``."""
     from sklearn.metrics import roc_auc_score
@@ -265,6 +319,8 @@ def head_metrics(
     majority_class: int | None,
     raw: np.ndarray | None = None,
     balanced_proba: np.ndarray | None = None,
+    groups: np.ndarray | None = None,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """Scores of one head on the labelled rows (``y_true >= 0``).
 
@@ -277,6 +333,9 @@ def head_metrics(
         raw: ``N`` raw values of a numeric attribute (for the error in the attribute's units).
         balanced_proba: ``N x K`` probabilities under a uniform class prior, whose argmax gives
             ``balanced_accuracy`` (default: ``proba``).
+        groups: ``N`` subject ids: with them, ``balanced_accuracy_ci`` (subject-level bootstrap,
+            :func:`balanced_accuracy_ci`) and ``above_baseline`` (its lower bound above chance 1/K).
+        seed: seed of the bootstrap.
     """
     from sklearn.metrics import confusion_matrix
 
@@ -296,6 +355,10 @@ def head_metrics(
         "majority_class": None if majority_class is None else class_names(attr)[majority_class],
         "majority_baseline_accuracy": float(np.mean(y == majority_class)) if len(y) and majority_class is not None else None,
     }
+    if groups is not None:
+        ci = balanced_accuracy_ci(y, pred_balanced, np.asarray(groups)[keep], seed) if len(y) else None
+        out["balanced_accuracy_ci"] = None if ci is None else {"low": ci[0], "high": ci[1]}
+        out["above_baseline"] = None if ci is None else bool(ci[0] > out["chance_balanced_accuracy"])
     if attr["kind"] == "numeric":
         out.update(numeric_errors(attr, y, pred, None if raw is None else np.asarray(raw)[keep]))
         if majority_class is not None and len(y):
@@ -609,10 +672,13 @@ def _finish(cfg, model, best_state, state, datasets, weights, majority, train_co
             ds = datasets[split]
             _, proba, balanced, _ = _eval_split(model, ds, weights, cc["batch_size"], device)
             heads = {}
+            groups = ds.manifest["subject"].astype(str).to_numpy() if len(ds) else np.zeros(0, dtype=object)
+            boot_seed = derive_seed(cfg["seed"], "train_classifier", "bootstrap", split)  # same resamples for every head and model
             for a, attr in enumerate(attrs):
                 raw = pd.to_numeric(ds.manifest[attr["name"]], errors="coerce").to_numpy(dtype=np.float64) if attr["kind"] == "numeric" else None
                 heads[attr["name"]] = head_metrics(attr, ds.targets[:, a] if len(ds) else np.zeros(0, np.int64),
-                                                   proba[attr["name"]], majority[attr["name"]], raw, balanced[attr["name"]])
+                                                   proba[attr["name"]], majority[attr["name"]], raw, balanced[attr["name"]],
+                                                   groups=groups, seed=boot_seed)
             score = selection_score(ds.targets, balanced) if len(ds) else None
             results[which][split] = {"mean_balanced_accuracy": None if score is None or math.isnan(score) else score, "heads": heads}
     model.load_state_dict(last_state)
@@ -620,6 +686,7 @@ def _finish(cfg, model, best_state, state, datasets, weights, majority, train_co
     best_epoch = state["best_epoch"]
     metrics = {
         "selection": SELECTION,
+        "bootstrap": {"unit": "subject", "resamples": BOOTSTRAP_RESAMPLES, "level": CI_LEVEL},
         "best_epoch": best_epoch,
         "epochs_run": state["epoch"],
         "stopped_early": state["epoch"] < cc["epochs"],
@@ -633,6 +700,8 @@ def _finish(cfg, model, best_state, state, datasets, weights, majority, train_co
             "accuracy": "share of correct labels; labels = argmax of the posterior under the train split's class frequencies (what the classifier gives generated images)",
             "majority_baseline_accuracy": "accuracy of always predicting the most frequent train-split class",
             "balanced_accuracy": "mean per-class recall of the class-balanced decision (argmax without the class prior); compare with chance_balanced_accuracy = 1/K",
+            "balanced_accuracy_ci": f"low/high: {CI_LEVEL:.0%} percentile interval of balanced_accuracy from {BOOTSTRAP_RESAMPLES} bootstrap resamples of the split's subjects (all slices of a drawn subject kept; seed derived from the config seed and the split)",
+            "above_baseline": "lower bound of balanced_accuracy_ci > chance_balanced_accuracy (1/K, K = classes present in the split)",
             "confusion_matrix": "rows = true class, columns = label (prior-adjusted decision)",
             "roc_auc_macro_ovr": "sklearn one-vs-rest macro ROC-AUC; null when a class is absent from the split",
         },
@@ -653,7 +722,8 @@ def _finish(cfg, model, best_state, state, datasets, weights, majority, train_co
     for split in ("val", "test"):
         log.info("%s (best epoch %d): %s", split, best_epoch, ", ".join(
             f"{h} acc {m['accuracy']:.3f} (majority {m['majority_baseline_accuracy'] or 0:.3f}), "
-            f"balanced {m['balanced_accuracy']:.3f} (chance {m['chance_balanced_accuracy']:.3f})"
+            f"balanced {m['balanced_accuracy']:.3f} [{m['balanced_accuracy_ci']['low']:.3f}, {m['balanced_accuracy_ci']['high']:.3f}] "
+            f"(chance {m['chance_balanced_accuracy']:.3f})"
             for h, m in results["best"][split]["heads"].items() if m["n"]) or "no labelled slices")
     return metrics
 

@@ -174,9 +174,11 @@ def _sources(tmp: Path, runs) -> pd.DataFrame:
         for which in ("best", "last"):
             for split, part in metrics[which].items():
                 clf.append({"variant": f"{which}/{split}", "statistic": "mean_balanced_accuracy", "value": part["mean_balanced_accuracy"]})
-                clf += [{"variant": f"{which}/{split}/{h}", "statistic": k, "value": v}
-                        for h, head in part["heads"].items() for k, v in head.items()
-                        if v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))]
+                for h, head in part["heads"].items():
+                    items = [(k, v) for k, v in head.items() if not isinstance(v, dict)]
+                    items += [(f"{k}.{kk}", vv) for k, v in head.items() if isinstance(v, dict) for kk, vv in v.items()]  # e.g. the CI
+                    clf += [{"variant": f"{which}/{split}/{h}", "statistic": k, "value": v} for k, v in items
+                            if v is None or isinstance(v, (int, float))]  # a flag (above_baseline) counts as 0/1
         clf = pd.DataFrame(clf).assign(arch="classifier", metric="classifier").astype({"value": float})
         frames.append(pd.concat([df, clf]).assign(epochs=run.config["classifier"]["epochs"], seed=run.config["seed"]))
     return pd.concat(frames, ignore_index=True)

@@ -14,7 +14,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "brainlatent"
 #: through importlib, so they sit at the bottom with the other shared helpers.
 RANKS = {
     "": 0, "errors": 0, "io": 0, "config": 0, "stage_keys": 0, "progress": 0, "numerics": 0, "images": 0,
-    "attributes": 0, "models.families": 0, "metrics.registry": 0,
+    "attributes": 0, "interventions": 0, "models.families": 0, "metrics.registry": 0,
     "synth": 1, "inputs": 1, "qc": 1, "preprocess": 1, "slices": 1,
     "models": 2, "latents": 2, "labels": 2,
     "train": 3,

@@ -1,4 +1,4 @@
-"""Interventions "do(attribute = value)": parsing, and the new attribute values they give each slice.
+"""Interventions on slices: parsing (config, ``--set``), and the new attribute values they give each slice.
 
 An intervention sets an attribute to a value (``edss=0``, ``ms_type=HC``), to the other level of a
 two-level attribute (``sex=other``), or shifts a numeric one (``age=+10``: ten years older). From a
@@ -8,70 +8,52 @@ config: ``{attribute: edss, value: 0}``, ``{attribute: age, shift: 10}``, ``{att
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-
 import numpy as np
 import pandas as pd
 
 from brainlatent.errors import BrainlatentError
+from brainlatent.interventions import OTHER, Intervention
 
-OTHER = "other"
+
+def new_values(iv: Intervention, parents: pd.DataFrame, spec: dict) -> pd.Series:
+    """The attribute's value after the intervention, one per row of ``parents``."""
+    name = iv.attribute
+    if name not in parents.columns:
+        raise BrainlatentError(f"intervention {iv.label}: the slices have no '{name}' column")
+    old = parents[name]
+    if spec["kind"] == "numeric":
+        if iv.shift is not None:
+            return pd.to_numeric(old, errors="coerce") + float(iv.shift)
+        try:
+            return pd.Series(float(iv.value), index=parents.index)
+        except (TypeError, ValueError):
+            raise BrainlatentError(f"intervention {iv.label}: '{name}' is numeric; expected a number or a shift like +10") from None
+    levels = [str(v) for v in spec["levels"]]
+    if iv.shift is not None:
+        raise BrainlatentError(f"intervention {iv.label}: '{name}' is categorical; a shift is not defined")
+    if str(iv.value) == OTHER:
+        if len(levels) != 2:
+            raise BrainlatentError(f"intervention {iv.label}: 'other' needs a two-level attribute; '{name}' has {levels}")
+        return old.map(lambda v: levels[1 - levels.index(str(v))] if str(v) in levels else None)
+    if str(iv.value) not in levels:
+        raise BrainlatentError(f"intervention {iv.label}: expected one of {levels} for '{name}'")
+    return pd.Series(str(iv.value), index=parents.index)
 
 
-@dataclass(frozen=True)
-class Intervention:
-    """do(attribute = value) or do(attribute = attribute + shift)."""
-
-    attribute: str
-    value: object = None
-    shift: float | None = None
-
-    @property
-    def label(self) -> str:
-        """``edss=0``, ``age=+10``, ``sex=other``: also the id used in file and table names."""
-        if self.shift is not None:
-            return f"{self.attribute}={self.shift:+g}"
-        v = self.value
-        return f"{self.attribute}={v:g}" if isinstance(v, (int, float)) else f"{self.attribute}={v}"
-
-    def new_values(self, parents: pd.DataFrame, spec: dict) -> pd.Series:
-        """The attribute's value after the intervention, one per row of ``parents``."""
-        name = self.attribute
-        if name not in parents.columns:
-            raise BrainlatentError(f"intervention {self.label}: the slices have no '{name}' column")
-        old = parents[name]
-        if spec["kind"] == "numeric":
-            if self.shift is not None:
-                return pd.to_numeric(old, errors="coerce") + float(self.shift)
-            try:
-                return pd.Series(float(self.value), index=parents.index)
-            except (TypeError, ValueError):
-                raise BrainlatentError(f"intervention {self.label}: '{name}' is numeric; expected a number or a shift like +10") from None
-        levels = [str(v) for v in spec["levels"]]
-        if self.shift is not None:
-            raise BrainlatentError(f"intervention {self.label}: '{name}' is categorical; a shift is not defined")
-        if str(self.value) == OTHER:
-            if len(levels) != 2:
-                raise BrainlatentError(f"intervention {self.label}: 'other' needs a two-level attribute; '{name}' has {levels}")
-            return old.map(lambda v: levels[1 - levels.index(str(v))] if str(v) in levels else None)
-        if str(self.value) not in levels:
-            raise BrainlatentError(f"intervention {self.label}: expected one of {levels} for '{name}'")
-        return pd.Series(str(self.value), index=parents.index)
-
-    def apply(self, parents: pd.DataFrame, spec: dict) -> tuple[pd.DataFrame, np.ndarray]:
-        """``(new_parents, changed)``: the table with the attribute replaced, and which rows it changes
-        (a row whose value is missing or already the target is unchanged)."""
-        new = parents.copy()
-        values = self.new_values(parents, spec)
-        new[self.attribute] = values
-        old = parents[self.attribute]
-        if spec["kind"] == "numeric":
-            a = pd.to_numeric(old, errors="coerce").to_numpy(dtype=np.float64)
-            b = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64)
-            changed = np.isfinite(a) & np.isfinite(b) & (np.abs(a - b) > 1e-9)
-        else:
-            changed = (old.notna() & values.notna() & (old.astype(str) != values.astype(str))).to_numpy()
-        return new, changed
+def apply(iv: Intervention, parents: pd.DataFrame, spec: dict) -> tuple[pd.DataFrame, np.ndarray]:
+    """``(new_parents, changed)``: the table with the attribute replaced, and which rows it changes
+    (a row whose value is missing or already the target is unchanged)."""
+    new = parents.copy()
+    values = new_values(iv, parents, spec)
+    new[iv.attribute] = values
+    old = parents[iv.attribute]
+    if spec["kind"] == "numeric":
+        a = pd.to_numeric(old, errors="coerce").to_numpy(dtype=np.float64)
+        b = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64)
+        changed = np.isfinite(a) & np.isfinite(b) & (np.abs(a - b) > 1e-9)
+    else:
+        changed = (old.notna() & values.notna() & (old.astype(str) != values.astype(str))).to_numpy()
+    return new, changed
 
 
 def from_config(items: Sequence[dict], attributes: Sequence[dict]) -> list[Intervention]:
@@ -94,7 +76,7 @@ def parse_set(text: str, attributes: Sequence[dict]) -> list[Intervention]:
     Example:
         >>> attrs = [{"name": "edss", "kind": "numeric"}, {"name": "age", "kind": "numeric"}]
         >>> [i.label for i in parse_set("edss=0,age=+10", attrs)]
-        ['edss=0', 'age=+10']
+        ['edss=0', 'age+10']
     """
     specs = {a["name"]: a for a in attributes}
     out = []

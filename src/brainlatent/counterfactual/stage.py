@@ -28,7 +28,8 @@ from brainlatent import io
 from brainlatent.config import derive_seed, load_stage_config
 from brainlatent.counterfactual import axioms, ground_truth, measures
 from brainlatent.counterfactual.editor import LatentEditor
-from brainlatent.counterfactual.interventions import Intervention, from_config, parse_set
+from brainlatent.counterfactual.interventions import apply, from_config, new_values, parse_set
+from brainlatent.interventions import Intervention
 from brainlatent.errors import BrainlatentError
 from brainlatent.labels import slice_positions
 from brainlatent.slices import load_slices
@@ -121,7 +122,7 @@ def _interventions_from_twins(tman: pd.DataFrame) -> list[tuple[str, str, np.nda
 
 
 def _twin_label(rows: pd.DataFrame, name: str, spec: dict) -> str:
-    """``edss=0``, ``age=+10`` or ``sex=other`` for a group of twins of one intervention."""
+    """``edss=0``, ``age+10`` or ``sex=other`` for a group of twins of one intervention."""
     new, old = rows[name], rows.get(f"source_{name}")
     if spec["kind"] == "numeric":
         values = pd.to_numeric(new, errors="coerce").dropna().unique()
@@ -130,7 +131,7 @@ def _twin_label(rows: pd.DataFrame, name: str, spec: dict) -> str:
         if old is not None:
             shift = (pd.to_numeric(new, errors="coerce") - pd.to_numeric(old, errors="coerce")).dropna().round(6).unique()
             if len(shift) == 1:
-                return f"{name}={float(shift[0]):+g}"
+                return f"{name}{float(shift[0]):+g}"
         return f"{name}=changed"
     levels = new.dropna().astype(str).unique()
     return f"{name}={levels[0]}" if len(levels) == 1 else f"{name}=other"
@@ -223,8 +224,8 @@ def run_study(cfg: dict, network: str, classifier: str, slices_dir: str, out: st
     by_attr = {i.attribute: i for i in from_config(cf["interventions"], attrs)}
     a_name, b_name = cf["commute"]
     if a_name in by_attr and b_name in by_attr:
-        after_a, _ = by_attr[a_name].apply(pa, specs[a_name])
-        after_b, _ = by_attr[b_name].apply(pa, specs[b_name])
+        after_a, _ = apply(by_attr[a_name], pa, specs[a_name])
+        after_b, _ = apply(by_attr[b_name], pa, specs[b_name])
         log.info("commutativity of %s and %s", by_attr[a_name].label, by_attr[b_name].label)
         result["commutativity"] = axioms.commutativity(editor, x, pa, after_a, after_b, a_name, b_name)
     else:
@@ -252,7 +253,7 @@ def run_study(cfg: dict, network: str, classifier: str, slices_dir: str, out: st
         test = manifest.iloc[test_rows].reset_index(drop=True)
         for iv in from_config(cf["interventions"], attrs):
             parents_all = _parents(test, attrs)
-            new_all, changed = iv.apply(parents_all, specs[iv.attribute])
+            new_all, changed = apply(iv, parents_all, specs[iv.attribute])
             rows = np.flatnonzero(changed)
             if rows.size == 0:
                 log.warning("intervention %s changes no test slice; skipped", iv.label)
@@ -355,7 +356,7 @@ def run_scan(cfg: dict, network: str, classifier: str, slices_dir: str, scan: st
     parents = _parents(manifest.iloc[rows], attrs)
     new = parents.copy()
     for iv in ivs:
-        new[iv.attribute] = iv.new_values(parents, specs[iv.attribute]).to_numpy()
+        new[iv.attribute] = new_values(iv, parents, specs[iv.attribute]).to_numpy()
     x = _images(images, rows)
     edited = editor(x, parents, new)
     before = {k: v.numpy() for k, v in features.predict_proba(x).items()}

@@ -88,6 +88,7 @@ from brainlatent.synth.cohort import (
     session_history,
     session_lesions,
 )
+from brainlatent.interventions import Intervention
 from brainlatent.synth.effects import Effects
 from brainlatent.synth.contrast import SITES
 from brainlatent.synth.template import Template, load_template
@@ -100,28 +101,6 @@ MODES = ("single", "causal")
 _FACTS = ("age", "edss", "ms_type", "sex", "onset_age", "disease_duration")
 
 History = list[tuple[str, Clinical, float]]
-
-
-@dataclass(frozen=True)
-class Intervention:
-    """Set (``value``) or shift (``shift``) one attribute at every session of a subject.
-
-    Args:
-        attribute: ``age``, ``edss``, ``ms_type`` or ``sex``.
-        value: the new value (``sex``: ``F``, ``M`` or ``other``; ``ms_type``: one of ``MS_TYPES``).
-        shift: added to ``age`` or ``edss`` (numeric attributes only).
-    """
-
-    attribute: str
-    value: object = None
-    shift: float | None = None
-
-    @property
-    def label(self) -> str:
-        if self.shift is not None:
-            return f"{self.attribute}{self.shift:+g}"
-        value = f"{self.value:g}" if isinstance(self.value, (int, float)) else self.value
-        return f"{self.attribute}={value}"
 
 
 def parse_interventions(items: list, where: str = "synthetic.twins.interventions") -> list[Intervention]:

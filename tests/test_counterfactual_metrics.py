@@ -176,3 +176,12 @@ def test_commutativity_of_two_additive_edits_is_zero_and_of_order_dependent_ones
     a, b = pa.assign(edss=0.0), pa.assign(age=pa["age"] + 10)
     assert axioms.commutativity(additive, x, pa, a, b, "edss", "age")["l1"]["mean"] == pytest.approx(0.0, abs=1e-4)
     assert axioms.commutativity(overwrite, x, pa, a, b, "edss", "age")["l1"]["mean"] == pytest.approx(127.5 * 0.6)
+
+
+def test_an_attribute_a_causal_intervention_changes_is_scored_against_its_new_value():
+    x, pa, oracle = _slices(8), _parents(8), _oracle()
+    new = pa.assign(age=pa["age"] + 10, edss=pa["edss"] + 1.0)  # age, and EDSS through the causal model
+    eff = axioms.effectiveness(oracle, x, identity(x, pa, new), pa, new, ATTRS, "age",
+                               real_error={"edss": {"error": 1.0}, "sex": {"error": 0.1}})
+    assert eff["others"]["edss"]["changed_by_intervention"] is True and eff["others"]["edss"]["kept"] is None
+    assert eff["others"]["sex"]["changed_by_intervention"] is False and eff["others"]["sex"]["kept"] is True

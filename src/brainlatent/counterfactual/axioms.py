@@ -23,7 +23,8 @@ where a caller pairs them):
   the oracle's expected value to the target; beside the same numbers for the *unedited* images (what
   doing nothing scores). Every other attribute: how far its prediction moved (share of changed
   classes, or mean absolute change of the expected value) against the oracle's own error on real
-  test slices; ``kept`` when it moved less.
+  test slices; ``kept`` when it moved less (an attribute a causal intervention changes too is scored
+  against its new value and not expected to stay).
 * **commutativity**: do(a) then do(b) against do(b) then do(a); L1 between the two.
 * **realism**: FID and KID between the classifier features of edited slices and of real slices,
   beside the same for the unedited inputs (the floor a perfect editor can reach).
@@ -198,12 +199,18 @@ def effectiveness(oracle, unedited: torch.Tensor, edited: torch.Tensor, parents:
         else:
             moved = (p1[name].argmax(1) != p0[name].argmax(1)).astype(np.float64)
             entry = {"kind": "flip", "moved": mean_se(moved)}
-        truth = encode(spec, parents[name]) if name in parents.columns else np.full(len(moved), -1)
+        # a causal intervention changes some other attributes too: they are scored against their new
+        # values and are not expected to stay
+        source = new_parents if name in new_parents.columns else parents
+        truth = encode(spec, source[name]) if name in source.columns else np.full(len(moved), -1)
+        changed = name in parents.columns and name in new_parents.columns and bool(
+            (parents[name].astype(str).to_numpy() != new_parents[name].astype(str).to_numpy()).any())
         ok = truth >= 0
         entry["accuracy"] = mean_se((p1[name].argmax(1) == truth)[ok]) if ok.any() else mean_se([])
         entry["unedited_accuracy"] = mean_se((p0[name].argmax(1) == truth)[ok]) if ok.any() else mean_se([])
         entry["real_test_error"] = None if tol is None else tol["error"]
-        entry["kept"] = None if tol is None else bool(entry["moved"]["mean"] <= tol["error"])
+        entry["changed_by_intervention"] = changed
+        entry["kept"] = None if tol is None or changed else bool(entry["moved"]["mean"] <= tol["error"])
         others[name] = entry
     return {"intervened": intervened, "target": target, "others": others}
 

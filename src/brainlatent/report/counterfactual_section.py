@@ -57,7 +57,10 @@ def _axiom_table(st, m: str) -> str:
         base = f"interventions.{key}"
         others = (e.get("effectiveness") or {}).get("others") or {}
         moved = [n for n, o in others.items() if o.get("kept") is False]
+        causal = [n for n, o in others.items() if o.get("changed_by_intervention")]
         kept = "all" if not moved else "moved: " + ", ".join(moved)
+        if causal:
+            kept += " (changed with it: " + ", ".join(causal) + ")"
         rows.append([
             L(e.get("label", key)), L(e.get("mode", "")), L(f"{e.get('n')} ({e.get('n_subjects')})"),
             f"{_ms(d, rel, f'{base}.effectiveness.target.accuracy', '.2f')} ({_ms(d, rel, f'{base}.effectiveness.target.unedited_accuracy', '.2f')})",

@@ -66,7 +66,7 @@ class _Job:
     resolution_mm: int
     modalities: tuple[str, ...]
     out_dir: str
-    effects: Effects
+    effects: Effects | None = None  # None: the schema's defaults
 
 
 def _sessions(job: _Job, rngs: dict, template) -> list[tuple[str, Clinical, list, float]]:

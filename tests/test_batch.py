@@ -175,10 +175,11 @@ def _sources(tmp: Path, runs) -> pd.DataFrame:
             for split, part in metrics[which].items():
                 clf.append({"variant": f"{which}/{split}", "statistic": "mean_balanced_accuracy", "value": part["mean_balanced_accuracy"]})
                 for h, head in part["heads"].items():
-                    items = [(k, v) for k, v in head.items() if not isinstance(v, dict)]
-                    items += [(f"{k}.{kk}", vv) for k, v in head.items() if isinstance(v, dict) for kk, vv in v.items()]  # e.g. the CI
-                    clf += [{"variant": f"{which}/{split}/{h}", "statistic": k, "value": v} for k, v in items
-                            if v is None or isinstance(v, (int, float))]  # a flag (above_baseline) counts as 0/1
+                    # numbers, flags (above_baseline as 0/1) and one level of dicts (balanced_accuracy_ci.low/high)
+                    stats = [(f"{k}.{sub}", x) for k, v in head.items() if isinstance(v, dict) for sub, x in v.items()]
+                    stats += [(k, v) for k, v in head.items() if not isinstance(v, (dict, list, str))]
+                    clf += [{"variant": f"{which}/{split}/{h}", "statistic": k, "value": float(v) if v is not None else None}
+                            for k, v in stats]
         clf = pd.DataFrame(clf).assign(arch="classifier", metric="classifier").astype({"value": float})
         frames.append(pd.concat([df, clf]).assign(epochs=run.config["classifier"]["epochs"], seed=run.config["seed"]))
     return pd.concat(frames, ignore_index=True)

@@ -40,10 +40,10 @@ from brainlatent.counterfactual.directions import (
     fit_directions,
     target_class,
 )
+from brainlatent.counterfactual.measures import psnr as psnr_np
 from brainlatent.counterfactual.projector import (
     Inversion,
     brain_mask,
-    masked_psnr,
     project,
     render,
 )
@@ -103,8 +103,8 @@ def test_projecting_a_generated_image_recovers_it(arch, space, optimise):
     inv = project(G, real.images, space, c=None if optimise else real.labels, optimise_labels=optimise,
                   steps=150, bank_size=64, seed=0)
     mask = brain_mask(real.images)
-    psnr = masked_psnr(inv.images, real.images, mask)
-    baseline = masked_psnr(sample(G, 4, seed=12).images, real.images, mask)
+    psnr = _psnr(inv.images, real.images, mask)
+    baseline = _psnr(sample(G, 4, seed=12).images, real.images, mask)
     print(f"\n{arch} {space} optimise={optimise}: PSNR {[round(p, 1) for p in psnr.tolist()]}, "
           f"other sample {[round(p, 1) for p in baseline.tolist()]}, loss {inv.history[0]:.3g} -> {inv.history[-1]:.3g}")
     assert isinstance(inv, Inversion) and inv.space == (space if space != "z" or not G.c_dim else "zy")
@@ -140,7 +140,7 @@ def test_feature_term_with_the_study_classifier_at_32_px():
     features = PerceptualFeatures(VGG16Classifier({"sex": 2}, width=2, fc_width=8), "cpu")
     real = sample(G, 2, seed=11).images
     inv = project(G, real, "w", features=features, steps=100, bank_size=16, seed=0)
-    psnr = masked_psnr(inv.images, real, brain_mask(real))[:1]
+    psnr = _psnr(inv.images, real, brain_mask(real))[:1]
     other = features.distance(sample(G, 2, seed=12).images, real)
     print(f"\nstylegan 32 px W with features: PSNR {psnr.tolist()}, terms {inv.terms}, other sample {other.tolist()}")
     assert inv.history[-1] < inv.history[0] and inv.settings["feature_weight"] == 1.0
@@ -163,13 +163,18 @@ def test_same_seed_same_inversion_and_an_edit_changes_only_the_latent():
     assert not torch.allclose(render(G, a, latent=a.latent + 0.5), a.images, atol=1e-2)
 
 
+def _psnr(a, b, mask):
+    """Masked PSNR per image (brainlatent.counterfactual.measures.psnr) as a tensor."""
+    return torch.from_numpy(psnr_np(a, b, mask))
+
+
 def test_mask_and_psnr():
     x = torch.full((1, 1, 4, 4), -1.0)
     x[..., 1:3, 1:3] = 0.5
     assert brain_mask(x).sum() == 4
     y = x.clone()
     y[..., 0, 0] = 1.0  # outside the brain: does not count
-    assert torch.isinf(masked_psnr(y, x, brain_mask(x))).all() or masked_psnr(y, x, brain_mask(x))[0] > 150
+    assert torch.isinf(_psnr(y, x, brain_mask(x))).all() or _psnr(y, x, brain_mask(x))[0] > 150
 
 
 @pytest.mark.parametrize("arch,space,kwargs,expected", [

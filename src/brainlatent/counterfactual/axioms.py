@@ -233,5 +233,5 @@ def realism(oracle, edited: torch.Tensor, reference, unedited: torch.Tensor | No
             raise BrainlatentError(f"realism: need at least 2 {key} slices, got {len(feat)}")
         k_mean, k_sd = kid(feat, ref, num_subsets=50, max_subset_size=min(len(feat), len(ref)), seed=seed)
         out[key] = {"fid": float(fid(feat, ref)), "kid": float(k_mean), "kid_sd": float(k_sd), "n": len(feat)}
-    out["n_reference"] = int(len(ref))
+    out["n_reference"] = len(ref)
     return out

@@ -8,6 +8,7 @@ config: ``{attribute: edss, value: 0}``, ``{attribute: age, shift: 10}``, ``{att
 from __future__ import annotations
 
 from collections.abc import Sequence
+
 import numpy as np
 import pandas as pd
 

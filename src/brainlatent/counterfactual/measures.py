@@ -43,12 +43,17 @@ def _pair(a, b, what: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def brain_mask(*images, threshold: float = BRAIN_THRESHOLD) -> torch.Tensor:
-    """Union of the brain masks (pixels above background) of every image set given, ``N x 1 x R x R`` bool."""
+    """Union of the brain masks (pixels above background) of every image set given, bool, on the first set's device.
+
+    Example:
+        >>> brain_mask(torch.tensor([[[[-1.0, -0.5]]]])).tolist()
+        [[[[False, True]]]]
+    """
     if not images:
         raise BrainlatentError("brain_mask: no images given")
-    out = _as_tensor(images[0], "brain_mask") > threshold
+    out = torch.as_tensor(images[0]) > threshold  # stays on the images' device (the projector's masks)
     for im in images[1:]:
-        out |= _as_tensor(im, "brain_mask") > threshold
+        out = out | (torch.as_tensor(im).to(out.device) > threshold)
     return out
 
 

@@ -80,6 +80,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from brainlatent.counterfactual.measures import BRAIN_THRESHOLD, brain_mask
 from brainlatent.errors import BrainlatentError
 from brainlatent.labels import SLICE
 from brainlatent.latents import sample, sample_z, to_w  # noqa: F401  (sample: used in the docstring)
@@ -90,39 +91,11 @@ PIXEL_LOSSES = ("l2", "l1")
 INITS = ("bank", "mean")
 NOISE_MODES = ("random", "zero")
 #: background of a slice is exactly -1; pixels above this belong to the brain
-MASK_THRESHOLD = -0.95
+MASK_THRESHOLD = BRAIN_THRESHOLD
 #: NVlabs' schedule: lr ramp-up / ramp-down fractions, latent-noise end fraction
 LR_RAMPUP, LR_RAMPDOWN, NOISE_RAMP = 0.05, 0.25, 0.75
 #: smoothing of a given one-hot label before taking its logits (optimise_labels)
 LABEL_SMOOTHING = 0.02
-
-
-def brain_mask(images: torch.Tensor, threshold: float = MASK_THRESHOLD) -> torch.Tensor:
-    """Pixels above the background (which is exactly -1): a bool tensor of the images' shape.
-
-    Example:
-        >>> brain_mask(torch.tensor([[[[-1.0, -0.5]]]])).tolist()
-        [[[[False, True]]]]
-    """
-    return torch.as_tensor(images) > threshold
-
-
-def masked_psnr(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None, data_range: float = 2.0) -> torch.Tensor:
-    """PSNR in dB per image, ``10 log10(data_range² / MSE)`` with the MSE inside ``mask`` (all pixels if None).
-
-    Args:
-        a, b: ``N x 1 x R x R`` images in [-1, 1] (data range 2).
-        mask: bool ``N x 1 x R x R`` (e.g. :func:`brain_mask` of the real slices).
-
-    Example:
-        >>> x = torch.zeros(1, 1, 2, 2)
-        >>> round(float(masked_psnr(x, x + 0.02)[0]), 2)
-        40.0
-    """
-    err = (a.float() - b.float()).square()
-    mask = torch.ones_like(err, dtype=torch.bool) if mask is None else mask.to(err.device)
-    mse = (err * mask).flatten(1).sum(1) / mask.flatten(1).sum(1).clamp_min(1)
-    return 10.0 * torch.log10(data_range ** 2 / mse.clamp_min(1e-20))
 
 
 @dataclass
@@ -534,7 +507,7 @@ def _check_init(G, space: str, init: torch.Tensor, n: int) -> torch.Tensor:
 
 def _project_chunk(G, space, target, c, noise, names, net, init, init_latent, bank_z, bank_c, steps, lr, pixel_weight,
                    feature_weight, pixel_kind, noise_std, threshold, batch, rng) -> dict:
-    real_mask = brain_mask(target, threshold)
+    real_mask = brain_mask(target, threshold=threshold)
     with torch.no_grad():
         target_feats = net.block_features(target) if net is not None else None
     # ---- initial latent (and labels)

@@ -28,9 +28,14 @@ from brainlatent import io
 from brainlatent.config import derive_seed, load_stage_config
 from brainlatent.counterfactual import axioms, ground_truth, measures
 from brainlatent.counterfactual.editor import LatentEditor
-from brainlatent.counterfactual.interventions import apply, from_config, new_values, parse_set
-from brainlatent.interventions import Intervention
+from brainlatent.counterfactual.interventions import (
+    apply,
+    from_config,
+    new_values,
+    parse_set,
+)
 from brainlatent.errors import BrainlatentError
+from brainlatent.interventions import Intervention
 from brainlatent.labels import slice_positions
 from brainlatent.slices import load_slices
 
@@ -150,7 +155,7 @@ def _lesion_threshold(cf: dict, twins: dict | None, images, source_rows: np.ndar
     rows = np.sort(first)
     thr, dice = measures.calibrate_lesion_threshold(_images(images, source_rows[rows]), _images(twins["source_lesions"], rows))
     log.info("lesion threshold %.2f (Dice %.3f against the true lesion masks of %d source slices)", thr, dice, len(rows))
-    return {"value": thr, "source": "auto: Dice-best against the twins' true lesion masks", "dice": dice, "n_slices": int(len(rows))}
+    return {"value": thr, "source": "auto: Dice-best against the twins' true lesion masks", "dice": dice, "n_slices": len(rows)}
 
 
 def inversion_quality(editor, images: torch.Tensor, parents: pd.DataFrame, features, lesion_thr: float | None) -> dict:
@@ -162,7 +167,7 @@ def inversion_quality(editor, images: torch.Tensor, parents: pd.DataFrame, featu
         "ssim": axioms.mean_se(measures.ssim(images, recon, mask)),
         "l1": axioms.mean_se(measures.l1_255(images, recon, mask)),
         "domain": axioms.mean_se(features.distance(images, recon).double().numpy()),
-        "n": int(len(images)),
+        "n": len(images),
     }
     if lesion_thr is not None:
         out["lesion_dice"] = axioms.mean_se(measures.dice(measures.lesion_map(images, lesion_thr), measures.lesion_map(recon, lesion_thr)))
@@ -271,8 +276,8 @@ def run_study(cfg: dict, network: str, classifier: str, slices_dir: str, out: st
             t0 = time.perf_counter()
             src = _images(images, g["src"])
             edited = editor(src, g["parents"], g["new"])
-            entry = {"label": g["label"], "attribute": g["attribute"], "mode": g["mode"], "n": int(len(src)),
-                     "n_subjects": int(len(set(g["subjects"])))}
+            entry = {"label": g["label"], "attribute": g["attribute"], "mode": g["mode"], "n": len(src),
+                     "n_subjects": len(set(g["subjects"]))}
             entry["effectiveness"] = axioms.effectiveness(features, src, edited, g["parents"], g["new"], attrs,
                                                           g["attribute"], real_error)
             k = min(cf["reversibility_slices"], len(src))
@@ -329,10 +334,10 @@ def write_slice_nifti(path: Path, image: np.ndarray, pixel_mm: float, thickness_
 def run_scan(cfg: dict, network: str, classifier: str, slices_dir: str, scan: str, changes: str, out_dir: str,
              device: str | None = None) -> dict:
     """Counterfactuals of every dataset slice of ``scan`` (see the module docstring)."""
+    from brainlatent.images import save_png, to_uint8
     from brainlatent.metrics.features import PerceptualFeatures
     from brainlatent.models.families import load_network
     from brainlatent.numerics import strict_float32
-    from brainlatent.images import save_png, to_uint8
 
     attrs = cfg["attributes"]
     specs = {a["name"]: a for a in attrs}

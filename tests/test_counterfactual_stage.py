@@ -67,7 +67,8 @@ def study(tmp_path_factory):
             src_les.append(lesion[r["index"]])
             row = {k: r[k] for k in ("scan", "subject", "session", "slice", "age", "edss", "ms_type", "sex")}
             row.update({f"source_{k}": r[k] for k in ("age", "edss", "ms_type", "sex")}, **{name: value})
-            row.update(twin=f"{r['scan']}+{name}={value}+single", source_index=int(r["index"]), intervention=name, mode="single")
+            label = "edss=0" if name == "edss" else "sex=other"
+            row.update(twin=f"{r['scan']}+{label}+single", source_index=int(r["index"]), intervention=name, label=label, mode="single")
             t_rows.append(row)
     twins = root / "twins" / "slices" / str(RES)
     twins.mkdir(parents=True)
@@ -150,6 +151,12 @@ def test_bad_requests_are_one_line_errors(study, tmp_path, capsys):
     assert "not a study attribute" in capsys.readouterr().err
     assert main(common + ["--scan", "sub-13_ses-01"]) == 2
     assert "needs --set" in capsys.readouterr().err
+    other = tmp_path / "twins"
+    other.mkdir()
+    np.save(other / "images.npy", np.load(study["twins"] / "images.npy"))
+    pd.read_parquet(study["twins"] / "manifest.parquet").drop(columns="label").to_parquet(other / "manifest.parquet")
+    assert main(common + ["--twins", str(other), "--out", str(tmp_path / "m.json")]) == 2
+    assert "columns ['label'] missing" in capsys.readouterr().err and not (tmp_path / "m.json").exists()
 
 
 def test_report_section_numbers_map_to_the_metrics_file(study, tmp_path):

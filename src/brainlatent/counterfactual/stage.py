@@ -126,22 +126,6 @@ def _interventions_from_twins(tman: pd.DataFrame) -> list[tuple[str, str, np.nda
     return groups
 
 
-def _twin_label(rows: pd.DataFrame, name: str, spec: dict) -> str:
-    """``edss=0``, ``age+10`` or ``sex=other`` for a group of twins of one intervention."""
-    new, old = rows[name], rows.get(f"source_{name}")
-    if spec["kind"] == "numeric":
-        values = pd.to_numeric(new, errors="coerce").dropna().unique()
-        if len(values) == 1:
-            return f"{name}={float(values[0]):g}"
-        if old is not None:
-            shift = (pd.to_numeric(new, errors="coerce") - pd.to_numeric(old, errors="coerce")).dropna().round(6).unique()
-            if len(shift) == 1:
-                return f"{name}{float(shift[0]):+g}"
-        return f"{name}=changed"
-    levels = new.dropna().astype(str).unique()
-    return f"{name}={levels[0]}" if len(levels) == 1 else f"{name}=other"
-
-
 def _lesion_threshold(cf: dict, twins: dict | None, images, source_rows: np.ndarray) -> dict:
     value = cf["lesion_threshold"]
     if isinstance(value, (int, float)):
@@ -208,6 +192,9 @@ def run_study(cfg: dict, network: str, classifier: str, slices_dir: str, out: st
         src_lesions = Path(twins_dir) / "source_lesions.npy"
         twins = {"images": timages, "manifest": tman,
                  "source_lesions": np.load(src_lesions, mmap_mode="r") if src_lesions.exists() else None}
+        missing = sorted({"twin", "subject", "source_index", "intervention", "label", "mode"} - set(tman.columns))
+        if missing:
+            raise BrainlatentError(f"{twins_dir}/manifest.parquet: columns {missing} missing; expected the output of brainlatent twins")
         bad = ~tman["source_index"].between(0, len(manifest) - 1)
         if bad.any():
             raise BrainlatentError(f"{twins_dir}: source_index out of range for twins {tman.loc[bad, 'twin'].head(3).tolist()}")
@@ -249,8 +236,7 @@ def run_study(cfg: dict, network: str, classifier: str, slices_dir: str, out: st
             for a in attrs:
                 if a["name"] in tman.columns:
                     new[a["name"]] = tman.loc[sel, a["name"]].to_numpy()
-            labels = tman.loc[rows, "label"].astype(str).unique() if "label" in tman.columns else []
-            label = labels[0] if len(labels) == 1 else _twin_label(tman.loc[rows], name, specs[name])
+            label = str(tman.loc[rows[0], "label"])  # the twins stage names each intervention (edss=0, age+10...)
             groups.append({"label": label, "attribute": name, "mode": mode, "src": src_rows, "parents": parents,
                            "new": new, "twin": _images(twins["images"], sel),
                            "subjects": tman.loc[sel, "subject"].to_numpy()})
